@@ -66,3 +66,86 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class ServiceProcess:
+    """A real ``uvicorn near_service.app:create_app --factory`` subprocess, configured by NEAR_* env.
+
+    ``start()`` waits until ``GET /ready`` answers 200 (or ``wait_ready=False``); ``stop()`` kills it;
+    ``start()`` again restarts it on the same port (same settings, so the same caches).
+    """
+
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 180.0) -> None:
+        import os
+        import sys
+
+        import httpx
+
+        env = {**os.environ, **self.env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "near_service.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.env['NEAR_API_KEY']}"} if "NEAR_API_KEY" in self.env else {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                r = httpx.get(f"{self.url}/ready" if wait_ready else f"{self.url}/health", headers=headers, timeout=2)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[object]:
+    """``service_factory(**settings) -> ServiceProcess`` (started); every one is stopped at teardown.
+
+    Settings are Settings field names, e.g. ``service_factory(candidates=[path], redis_url=url)``.
+    """
+    import json
+
+    started: list[ServiceProcess] = []
+
+    def make(start: bool = True, **settings: object) -> ServiceProcess:
+        env = {}
+        for key, value in settings.items():
+            if isinstance(value, (list, tuple)):
+                value = json.dumps([str(v) for v in value])
+            env[f"NEAR_{key.upper()}"] = str(value)
+        env.setdefault("NEAR_CACHE_DIR", str(tmp_path / f"cache{len(started)}"))
+        svc = ServiceProcess(port=free_port(), env=env, log_path=tmp_path / f"service{len(started)}.log")
+        started.append(svc)
+        if start:
+            svc.start()
+        return svc
+
+    try:
+        yield make
+    finally:
+        for svc in started:
+            svc.stop()
