@@ -57,7 +57,7 @@ def _cmd_offline(ns: argparse.Namespace, settings: Settings) -> int:
         raise NearError("--candidates is required (or NEAR_CANDIDATES)")
     job = OfflineJob(queries=[Path(q) for q in ns.queries], out_dir=Path(ns.out_dir), max_k=ns.max_k,
                      budget=ns.budget, strategy=ns.strategy, clamp=ns.clamp, query_template=ns.query_template,
-                     progress=not ns.quiet)
+                     progress=not ns.quiet, save_embeddings=ns.save_embeddings)
     manifest = run_offline(settings, job)
     t = manifest["timings"]
     print(f"wrote {ns.out_dir}/top_indices.npy: {manifest['query_count']} queries x {manifest['max_k']} "
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the budget is filled")
     off.add_argument("--clamp", action="store_true", help="clamp max_k to the pool size instead of failing")
     off.add_argument("--query-template", default=None, help="template for queries (default: --template)")
+    off.add_argument("--save-embeddings", action="store_true",
+                     help="also write candidate_embeddings.npy and query_embeddings.npy (float32, L2-normalised)")
     off.add_argument("--quiet", action="store_true", help="no progress bar")
     off.add_argument("--json", action="store_true", help="print the manifest")
     add_settings_args(off, OFFLINE_FIELDS)
@@ -107,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         settings = _settings_from(ns, ns.fields)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("faiss").setLevel(logging.WARNING)
         return int(ns.func(ns, settings))
     except NearError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -54,7 +54,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _pooling_mode(path: Path, model_type: str) -> str:
-    for module in _read_json(path / "modules.json").get("modules", []) if (path / "modules.json").exists() else []:
+    for module in _read_json(path / "modules.json").get("modules", []):
         if str(module.get("type", "")).endswith("Pooling"):
             cfg = _read_json(path / module.get("path", "") / "config.json")
             if "pooling_mode" in cfg:
@@ -207,8 +207,9 @@ class VLLMBackend:
         from vllm import LLM
 
         mem = gpu_memory_utilization or (0.9 if device == "cuda" else 0.4)
-        self.llm = LLM(model=str(spec.path), runner="pooling", dtype=dtype, max_model_len=max_length,
-                       gpu_memory_utilization=mem, enforce_eager=device != "cuda", seed=0)
+        options: dict[str, Any] = {"runner": "pooling", "dtype": dtype, "max_model_len": max_length,
+                                   "gpu_memory_utilization": mem, "enforce_eager": device != "cuda", "seed": 0}
+        self.llm = LLM(model=str(spec.path), **options)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = max_length
         self.batch_tokens = batch_tokens * 16  # vLLM schedules its own batches; ours only bound a cache flush
@@ -220,7 +221,8 @@ class VLLMBackend:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        outs = self.llm.embed([{"prompt_token_ids": list(x)} for x in ids], use_tqdm=False)
+        prompts: Any = [{"prompt_token_ids": list(x)} for x in ids]
+        outs = self.llm.embed(prompts, use_tqdm=False)
         return _normalise(np.asarray([o.outputs.embedding for o in outs], dtype=np.float32))
 
     def dim(self) -> int:

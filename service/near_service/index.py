@@ -109,10 +109,10 @@ class VectorIndex:
 
         n = len(self.vectors)
         if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, self._hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = 80
-            index.add(self.vectors)
-            return index
+            hnsw = faiss.IndexHNSWFlat(self.dim, self._hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = 80
+            hnsw.add(self.vectors)
+            return hnsw
         nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -135,7 +135,10 @@ class VectorIndex:
             return s, i
         if self.device == "cpu":
             s = queries @ self.vectors.T
-            i = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(np.arange(s.shape[1]), (len(s), 1))
+            if k < s.shape[1]:
+                i = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            else:
+                i = np.tile(np.arange(s.shape[1]), (len(s), 1))
             return np.take_along_axis(s, i, 1), i
         return torch_topk(self.vectors, queries, k, self.device)
 

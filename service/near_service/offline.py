@@ -42,6 +42,7 @@ class OfflineJob:
     clamp: bool = False
     query_template: str | None = None
     progress: bool = True
+    save_embeddings: bool = False
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -83,10 +84,10 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     result = pool.select(embedder, query_texts, max_k, job.budget, job.strategy, stores=stores,
                          progress=job.progress, stats=query_stats)
     t_done = time.perf_counter()
+    qvecs = result.query_vectors
 
     recall = None
     if settings.index != "flat":
-        qvecs = embedder.embed(query_texts, "query", stores)
         recall = recall_at_k(pool.index, qvecs, max_k)
         log.warning("index %s: recall@%d against exact search on a sample of queries = %.4f",
                     settings.index, max_k, recall)
@@ -96,6 +97,9 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     assert result.indices.min() >= 0 and result.indices.max() < pool.size
     _atomic_write(out / "top_indices.npy", lambda fh: np.save(fh, result.indices.astype(np.int64)))
     _atomic_write(out / "top_scores.npy", lambda fh: np.save(fh, result.scores.astype(np.float32)))
+    if job.save_embeddings:
+        _atomic_write(out / "candidate_embeddings.npy", lambda fh: np.save(fh, pool.vectors))
+        _atomic_write(out / "query_embeddings.npy", lambda fh: np.save(fh, qvecs))
     if result.selected is not None:
         data = json.dumps([int(i) for i in result.selected]).encode()
         _atomic_write(out / "selected.json", lambda fh: fh.write(data))

@@ -24,6 +24,7 @@ class Selection:
     indices: np.ndarray  # int64 (queries, max_k), nearest first
     scores: np.ndarray  # float32 cosine, same shape
     selected: np.ndarray | None  # int64 (budget,) or None
+    query_vectors: np.ndarray  # float32 (queries, dim), L2-normalised
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,5 +66,5 @@ class Pool:
         t2 = time.perf_counter()
         chosen = select(indices, scores, budget, strategy, exclude) if budget is not None else None
         t3 = time.perf_counter()
-        return Selection(indices, scores, chosen,
+        return Selection(indices, scores, chosen, qvecs,
                          {"embed_queries_s": t1 - t0, "search_s": t2 - t1, "select_s": t3 - t2})
