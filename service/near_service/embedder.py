@@ -171,7 +171,14 @@ class SentenceTransformersBackend:
         from sentence_transformers import SentenceTransformer
 
         self._torch = torch
-        self.model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
+        if (spec.path / "modules.json").exists():
+            self.model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
+        else:  # a plain transformers folder: pool as resolve_model decided (last token for decoders)
+            from sentence_transformers import models
+
+            transformer = models.Transformer(str(spec.path), max_seq_length=max_length)
+            pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=spec.pooling)
+            self.model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
         self.model.max_seq_length = max_length
         if dtype != "float32":
             self.model.to(getattr(torch, dtype))

@@ -52,7 +52,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def _check_numbers(job: OfflineJob, pool_size: int) -> int:
+def _check_numbers(job: OfflineJob, pool_size: int, n_queries: int) -> int:
     if job.max_k < 1:
         raise MaxKError(f"max_k must be at least 1, got {job.max_k}")
     max_k = job.max_k
@@ -64,6 +64,9 @@ def _check_numbers(job: OfflineJob, pool_size: int) -> int:
         max_k = pool_size
     if job.budget is not None and not 1 <= job.budget <= pool_size:
         raise BudgetError(f"budget must be between 1 and the pool size ({pool_size}), got {job.budget}")
+    if job.budget is not None and job.budget > n_queries * max_k:
+        raise BudgetError(f"budget {job.budget} asks for more candidates than {n_queries} queries x max_k {max_k} "
+                          f"= {n_queries * max_k} neighbours can reach; raise max_k or lower the budget")
     return max_k
 
 
@@ -72,7 +75,7 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     t_start = time.perf_counter()
     cand_texts = load_texts(settings.candidates, settings.template, "candidate")
     query_texts = load_texts(job.queries, job.query_template or settings.template, "query")
-    max_k = _check_numbers(job, len(cand_texts))
+    max_k = _check_numbers(job, len(cand_texts), len(query_texts))
     t_loaded = time.perf_counter()
 
     embedder = Embedder.from_settings(settings)
