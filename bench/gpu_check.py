@@ -76,7 +76,8 @@ def main() -> None:
     lines = [f"GPU checks, `bench/gpu_check.py` ({time.strftime('%Y-%m-%d')}):", ""]
     lines += search_check(args.pool, args.dim, args.queries, args.k)
     if not args.skip_embed:
-        texts = [f"Sample {i}: a grade-school math problem about {i % 97} apples and {i % 13} trains." for i in range(2000)]
+        texts = [f"Sample {i}: a grade-school math problem about {i % 97} apples and {i % 13} trains."
+                 for i in range(2000)]
         lines += embed_check(args.model, texts)
     body = "\n".join(lines)
     print(body)

@@ -181,7 +181,8 @@ def main() -> None:
         f"no GPU; pool {n_pool} (GSM8K train + DataFlex demo sets), {n_q} GSM8K test questions, max_K {args.max_k}, "
         "model all-MiniLM-L6-v2. Every row is a fresh process (imports and model load included).",
         "",
-        "| run | end to end (s) | vs reference | embedding tokens/s | vs reference | recall@K vs exact fp32 | -1 indices |",
+        "| run | end to end (s) | vs reference | embedding tokens/s | vs reference | recall@K vs exact fp32 "
+        "| -1 indices |",
         "|---|---|---|---|---|---|---|",
         f"| reference: DataFlex recipe (ST fp32, batch 32, IVFFlat nprobe 10) | {ref_wall:.1f} | 1.00x | "
         f"{ref_tps:,.0f} | 1.00x | {r_ref:.4f} | {minus_one} |",

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from near_client import HighestLossQueries, NearClient, NearSelectionCallback
-from near_service.records import load_texts
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -30,6 +28,9 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+
+from near_client import HighestLossQueries, NearClient, NearSelectionCallback
+from near_service.records import load_texts
 
 
 def build_model(name: str) -> tuple[Any, Any]:

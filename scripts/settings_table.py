@@ -17,9 +17,10 @@ import typing
 from pathlib import Path
 
 import annotated_types
-from near_service.settings import Settings
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+from near_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

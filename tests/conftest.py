@@ -56,16 +56,26 @@ class RedisServer:
             self.proc = None
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def _redis(dir: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make setup installs it)")
-    server = RedisServer(port=free_port(), dir=tmp_path)
+    server = RedisServer(port=free_port(), dir=dir)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from _redis(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Like ``redis_server``, shared by the tests of one module."""
+    yield from _redis(tmp_path_factory.mktemp("redis"))
 
 
 @dataclass
@@ -121,12 +131,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def service_factory(tmp_path: Path) -> Iterator[object]:
-    """``service_factory(**settings) -> ServiceProcess`` (started); every one is stopped at teardown.
-
-    Settings are Settings field names, e.g. ``service_factory(candidates=[path], redis_url=url)``.
-    """
+def _service_factory(tmp_path: Path) -> Iterator[object]:
     import json
 
     started: list[ServiceProcess] = []
@@ -149,3 +154,18 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
     finally:
         for svc in started:
             svc.stop()
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[object]:
+    """``service_factory(**settings) -> ServiceProcess`` (started); every one is stopped at teardown.
+
+    Settings are Settings field names, e.g. ``service_factory(candidates=[path], redis_url=url)``.
+    """
+    yield from _service_factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Like ``service_factory``, but its services live for the whole test module (start them once)."""
+    yield from _service_factory(tmp_path_factory.mktemp("services"))

@@ -11,6 +11,7 @@ and the HTTP status the service answers with. The CLI prints ``error: <message>`
     │   └── BudgetError        422  fewer unique candidates than the budget asks for
     ├── AuthError              401  missing or wrong API key
     ├── NotFoundError          404  unknown run id
+    ├── ConflictError          409  a stored (run_id, round) asked again with different parameters
     ├── LimitError             413  a request over the configured limits
     ├── OverloadedError        429  the work queue is full (comes with Retry-After)
     └── UnavailableError       503  not ready yet, or Redis needed and down
@@ -60,6 +61,11 @@ class AuthError(NearError):
 class NotFoundError(NearError):
     code = "not_found"
     status = 404
+
+
+class ConflictError(NearError):
+    code = "conflict"
+    status = 409
 
 
 class LimitError(NearError):

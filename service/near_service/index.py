@@ -1,6 +1,6 @@
 """Inner-product top-K search over L2-normalised vectors (cosine similarity).
 
-- ``flat`` (default, exact): FAISS ``IndexFlatIP`` on CPU; on CUDA a chunked torch matmul + topk,
+- ``flat`` (default, exact): blocked numpy matmul + argpartition on CPU; on CUDA a chunked torch matmul + topk,
   which runs on Hopper (sm_90) and for any K (GPU FAISS caps K at 2048).
 - ``ivf`` / ``hnsw`` (opt-in, approximate): FAISS IVFFlat / HNSWFlat; ``recall_at_k`` measures them
   against exact search on a sample of queries.
@@ -35,18 +35,47 @@ def first_occurrence(texts: Sequence[str]) -> np.ndarray:
 
 
 def sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by score descending, ties by index ascending."""
-    order = np.lexsort((indices, -scores), axis=-1)
-    return np.take_along_axis(scores, order, -1), np.take_along_axis(indices, order, -1)
+    """Sort each row by score descending, ties by index ascending.
+
+    One integer sort per row instead of a lexsort (~7x faster): each (score, index) pair becomes a
+    uint64 whose high half orders float32 scores descending and whose low half is the index.
+    """
+    scores = np.asarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0, as lexsort sees them
+    bits = scores.view(np.uint32).astype(np.uint64)
+    ascending = np.where(bits >> 31 == 1, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    key = ((0xFFFFFFFF - ascending) << 32) | np.asarray(indices).astype(np.uint64)
+    key.sort(axis=-1)
+    ascending = 0xFFFFFFFF - (key >> 32)
+    bits32 = np.where(ascending < 0x80000000, ~ascending & 0xFFFFFFFF, ascending & 0x7FFFFFFF)
+    return bits32.astype(np.uint32).view(np.float32), (key & 0xFFFFFFFF).astype(np.int64)
 
 
-def torch_topk(base: np.ndarray, queries: np.ndarray, k: int, device: str = "cuda",
+def numpy_topk(base: np.ndarray, queries: np.ndarray, k: int,
+               max_block_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (unsorted within a row) by blocked matmul + argpartition: the CPU flat path."""
+    n, q = base.shape[0], queries.shape[0]
+    rows = max(1, min(q, max_block_bytes // max(4 * n, 1)))
+    out_s = np.empty((q, k), dtype=np.float32)
+    out_i = np.empty((q, k), dtype=np.int64)
+    for r0 in range(0, q, rows):
+        s = queries[r0:r0 + rows] @ base.T
+        i = np.argpartition(s, n - k, axis=1)[:, n - k:] if k < n else np.broadcast_to(np.arange(n), s.shape)
+        out_s[r0:r0 + len(s)] = np.take_along_axis(s, i, 1)
+        out_i[r0:r0 + len(s)] = i
+    return out_s, out_i
+
+
+def torch_topk(base: Any, queries: np.ndarray, k: int, device: str = "cuda",
                max_block_bytes: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by blocked matmul + topk in torch (the GPU path; also runs on CPU)."""
+    """Exact top-k by blocked matmul + topk in torch (the GPU path; also runs on CPU).
+
+    ``base`` is a numpy array or a torch tensor already on ``device`` (VectorIndex keeps one there,
+    so the pool is copied to the GPU once, not on every search).
+    """
     import torch
 
     n, q = base.shape[0], queries.shape[0]
-    base_t = torch.from_numpy(base).to(device)
+    base_t = base if isinstance(base, torch.Tensor) else torch.from_numpy(base).to(device)
     rows_per_block = max(1, min(q, max_block_bytes // max(4 * n, 1)))
     base_block = n if 4 * n * rows_per_block <= max_block_bytes else max(k, max_block_bytes // (4 * rows_per_block))
     out_s = np.empty((q, k), dtype=np.float32)
@@ -93,13 +122,9 @@ class VectorIndex:
             self._group_start = np.concatenate([[0], np.cumsum(self._group_size)[:-1]])
         self.vectors = vectors[self.unique_rows] if self.has_duplicates else vectors
         self._faiss: Any = None
+        self._device_vectors: Any = None  # torch copy of ``vectors`` on a non-CPU device, made on first search
         self._ivf_nprobe, self._hnsw_m = ivf_nprobe, hnsw_m
-        if kind == "flat" and device == "cpu":
-            import faiss
-
-            self._faiss = faiss.IndexFlatIP(self.dim)
-            self._faiss.add(self.vectors)
-        elif kind in ("ivf", "hnsw"):
+        if kind in ("ivf", "hnsw"):
             self._faiss = self._build_approx(kind)
         elif kind != "flat":
             raise ValueError(f"unknown index type {kind!r}")
@@ -130,17 +155,13 @@ class VectorIndex:
             raise MaxKError(f"max_k {k} is larger than the candidate pool ({self.size} candidates)")
 
     def _exact_unique(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.device == "cpu" and self._faiss is not None and self.kind == "flat":
-            s, i = self._faiss.search(queries, k)
-            return s, i
-        if self.device == "cpu":
-            s = queries @ self.vectors.T
-            if k < s.shape[1]:
-                i = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            else:
-                i = np.tile(np.arange(s.shape[1]), (len(s), 1))
-            return np.take_along_axis(s, i, 1), i
-        return torch_topk(self.vectors, queries, k, self.device)
+        if self.device == "cpu":  # numpy beats FAISS's heap top-k at large k (bench/service.py)
+            return numpy_topk(self.vectors, queries, k)
+        if self._device_vectors is None:
+            import torch
+
+            self._device_vectors = torch.from_numpy(self.vectors).to(self.device)
+        return torch_topk(self._device_vectors, queries, k, self.device)
 
     def _search_unique(self, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         if exact or self.kind == "flat":

@@ -62,9 +62,17 @@ class Pool:
         t0 = time.perf_counter()
         qvecs = embedder.embed(queries, "query", stores, progress=progress, stats=stats)
         t1 = time.perf_counter()
+        result = self.rank(qvecs, max_k, budget, strategy, exclude)
+        result.timings = {"embed_queries_s": t1 - t0, **result.timings}
+        return result
+
+    def rank(self, qvecs: np.ndarray, max_k: int, budget: int | None = None, strategy: str = "round_robin",
+             exclude: Iterable[int] | None = None) -> Selection:
+        """The search half of :meth:`select`, for query vectors embedded elsewhere (the service batches them)."""
+        self.index.check_k(max_k)
+        t1 = time.perf_counter()
         scores, indices = self.index.search(qvecs, max_k)
         t2 = time.perf_counter()
         chosen = select(indices, scores, budget, strategy, exclude) if budget is not None else None
         t3 = time.perf_counter()
-        return Selection(indices, scores, chosen, qvecs,
-                         {"embed_queries_s": t1 - t0, "search_s": t2 - t1, "select_s": t3 - t2})
+        return Selection(indices, scores, chosen, qvecs, {"search_s": t2 - t1, "select_s": t3 - t2})

@@ -14,7 +14,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.client.kit
 
 from near_client import NearClient, NearSelectionCallback, RetryPolicy
-
 from tests.client.kit import Recorder, make_trainer, queries_by_step, tiny_model, train_dataset
 
 

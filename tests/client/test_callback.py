@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from near_client import NearClient, NearSelectionCallback, PoolMismatchError, RetryPolicy
 from transformers import TrainerCallback
 
+from near_client import NearClient, NearSelectionCallback, PoolMismatchError, RetryPolicy
 from tests.conftest import free_port
 
 from .kit import (

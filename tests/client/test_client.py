@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from near_client import (
     AsyncNearClient,
     AuthenticationError,
@@ -24,7 +25,6 @@ from near_client import (
     ServiceUnavailableError,
     fingerprint,
 )
-
 from tests.conftest import free_port
 
 from .fake_service import FakeNearService

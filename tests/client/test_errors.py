@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+
 from near_client import (
     APIError,
     AuthenticationError,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from near_client import SelectionSampler
 from torch.utils.data import DataLoader
+
+from near_client import SelectionSampler
 
 
 def test_positions_are_absolute_and_deterministic() -> None:

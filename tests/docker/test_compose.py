@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from near_service.settings import DEFAULT_MODEL, Settings
 
 from .composefile import (

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+
 from near_service.settings import Settings
 
 from .composefile import DOCKERFILE_CPU, DOCKERFILE_GPU, ROOT, dockerfile_env, dockerfile_instructions

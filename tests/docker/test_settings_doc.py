@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from near_service.settings import Settings
 
 from .composefile import ROOT

@@ -16,8 +16,11 @@ import pytest
 
 from near_service.cli import main
 
-WORDS = ("apple train river math cook bread code python list paris nile number add divide percent oven sauce "
-         "loop table france mountain story history garden planet music").split()
+WORDS = [
+    "apple", "train", "river", "math", "cook", "bread", "code", "python", "list", "paris", "nile", "number",
+    "add", "divide", "percent", "oven", "sauce", "loop", "table", "france", "mountain", "story", "history",
+    "garden", "planet", "music",
+]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:

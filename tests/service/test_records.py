@@ -48,7 +48,7 @@ def test_dataflex_template_is_byte_exact() -> None:
 
 
 def test_dataflex_template_rejects_text_records() -> None:
-    with pytest.raises(RecordError, match="row 0.*'text'"):
+    with pytest.raises(RecordError, match=r"row 0.*'text'"):
         render_records([{"text": "x"}], "dataflex", source="pool.jsonl")
 
 
@@ -104,21 +104,21 @@ def test_multiple_files_concatenate(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(RecordError, match="nope.jsonl: no such file"):
+    with pytest.raises(RecordError, match=r"nope\.jsonl: no such file"):
         load_texts(tmp_path / "nope.jsonl")
 
 
 def test_bad_json_line_is_named(tmp_path: Path) -> None:
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "ok"}\n{"text": \n')
-    with pytest.raises(RecordError, match="bad.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(RecordError, match=r"bad\.jsonl: line 2 is not valid JSON"):
         load_records(p)
 
 
 def test_bad_json_document(tmp_path: Path) -> None:
     p = tmp_path / "bad.json"
     p.write_text('[{"text": "ok"},')
-    with pytest.raises(RecordError, match="bad.json: invalid JSON at line 1"):
+    with pytest.raises(RecordError, match=r"bad\.json: invalid JSON at line 1"):
         load_records(p)
 
 

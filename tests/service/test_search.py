@@ -48,7 +48,7 @@ def test_duplicates_tie_to_the_lower_index_and_come_out_together() -> None:
     pool = np.stack([base[rows[t]] for t in texts])
     index = VectorIndex(pool, first_of=first_occurrence(texts))
     q = base[[0, 2]]
-    scores, idx = index.search(q, 8)
+    _scores, idx = index.search(q, 8)
     assert idx[0, :3].tolist() == [0, 3, 5]  # the three copies of "a", lowest index first
     assert idx[1, :2].tolist() == [2, 7]
     assert sorted(idx[0].tolist()) == list(range(8))
@@ -120,3 +120,16 @@ def test_max_score_ranks_by_best_score_ties_lower_index() -> None:
     assert select(top, scores, 2, "max_score").tolist() == [2, 4]
     with pytest.raises(BudgetError, match="reach only 4 unique"):
         max_score(top, scores, 5)
+
+
+def test_torch_device_path_of_the_index_keeps_its_copy() -> None:
+    rng = np.random.default_rng(6)
+    pool, queries = unit(rng, 300), unit(rng, 5)
+    index = VectorIndex(pool, device="cpu")
+    index.device = "cpu:0"  # a torch device string: takes the torch path that CUDA uses
+    _, i1 = index.search(queries, 40)
+    copy = index._device_vectors
+    _, i2 = index.search(queries, 40)
+    assert index._device_vectors is copy
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(i1, brute_force(pool, queries, 40))

@@ -32,7 +32,7 @@ def offline(tmp_path: Path, backend: str, pool: Path, queries: Path) -> Path:
 
 
 def test_vllm_matches_sentence_transformers(tmp_path: Path) -> None:
-    pool = write_jsonl(tmp_path / "pool.jsonl", make_pool(40, seed=3) + [{"text": "word " * 400}])
+    pool = write_jsonl(tmp_path / "pool.jsonl", [*make_pool(40, seed=3), {"text": "word " * 400}])
     queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "bread and sauce"}, {"text": "python list loop"}])
     st = offline(tmp_path, "sentence-transformers", pool, queries)
     vl = offline(tmp_path, "vllm", pool, queries)

@@ -1,0 +1,91 @@
+"""The run ledger in a real Redis: idempotent rounds, conflicts, exclusion across rounds, listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .api_data import post_select, qa_records, query_records, write_jsonl
+
+QUERIES = [q["question"] for q in query_records()]
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "pool.jsonl", qa_records(40))
+
+
+@pytest.fixture(scope="module")
+def svc(module_service_factory: Any, module_redis_server: Any, pool_file: Path) -> Any:
+    return module_service_factory(candidates=[pool_file], redis_url=module_redis_server.url)
+
+
+def test_same_round_returns_the_stored_result(svc: Any) -> None:
+    body = {"queries": QUERIES, "max_k": 8, "budget": 6, "run_id": "run-a", "round": 0}
+    first = httpx.post(f"{svc.url}/select", json=body)
+    assert first.status_code == 200, first.text
+    again = httpx.post(f"{svc.url}/select", json=body)
+    assert again.content == first.content  # byte for byte
+    plain = post_select(svc.url, queries=QUERIES, max_k=8, budget=6)
+    assert plain.json()["indices"] == first.json()["indices"]
+
+
+def test_same_round_other_parameters_is_409(svc: Any) -> None:
+    body = {"queries": QUERIES, "max_k": 8, "budget": 6, "run_id": "run-b", "round": 0}
+    assert httpx.post(f"{svc.url}/select", json=body).status_code == 200
+    for change in ({"max_k": 9}, {"budget": 5}, {"queries": QUERIES[:2]}, {"strategy": "max_score"}):
+        r = httpx.post(f"{svc.url}/select", json={**body, **change})
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "conflict" and "run-b" in err["message"] and "different parameters" in err["message"]
+    assert httpx.post(f"{svc.url}/select", json=body).status_code == 200
+
+
+def test_exclude_previous_and_listing(svc: Any) -> None:
+    seen: set[int] = set()
+    for rnd in range(3):
+        r = post_select(svc.url, queries=QUERIES, max_k=20, budget=6, run_id="run/c", round=rnd,
+                        exclude_previous=True)
+        assert r.status_code == 200, r.text
+        sel = set(r.json()["selected"])
+        assert len(sel) == 6 and not sel & seen
+        seen |= sel
+    # round 1 asked again (after round 2 exists) is still what was stored, not recomputed
+    r1 = post_select(svc.url, queries=QUERIES, max_k=20, budget=6, run_id="run/c", round=1, exclude_previous=True)
+    assert r1.status_code == 200
+    listing = httpx.get(f"{svc.url}/runs/run/c")
+    assert listing.status_code == 200, listing.text
+    info = listing.json()
+    assert info["run_id"] == "run/c" and [x["round"] for x in info["rounds"]] == [0, 1, 2]
+    assert all(x["selected"] == 6 and x["max_k"] == 20 and x["strategy"] == "round_robin" for x in info["rounds"])
+    assert info["pool"]["size"] == 40
+
+
+def test_exclusion_that_leaves_too_few_is_422(svc: Any) -> None:
+    assert post_select(svc.url, queries=QUERIES[:1], max_k=4, budget=4, run_id="run-d", round=0).status_code == 200
+    r = post_select(svc.url, queries=QUERIES[:1], max_k=4, budget=2, run_id="run-d", round=1, exclude_previous=True)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "budget_too_large"
+    assert "earlier rounds" in r.json()["error"]["message"]
+    assert [x["round"] for x in httpx.get(f"{svc.url}/runs/run-d").json()["rounds"]] == [0]
+
+
+def test_unknown_run_is_404(svc: Any) -> None:
+    r = httpx.get(f"{svc.url}/runs/never-ran")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_another_pool_does_not_see_the_runs(svc: Any, module_service_factory: Any, module_redis_server: Any,
+                                            tmp_path: Path) -> None:
+    assert post_select(svc.url, queries=QUERIES, max_k=5, run_id="run-e", round=0).status_code == 200
+    other_pool = write_jsonl(tmp_path / "other.jsonl", qa_records(30, seed=1))
+    other = module_service_factory(candidates=[other_pool], redis_url=module_redis_server.url)
+    try:
+        assert httpx.get(f"{other.url}/runs/run-e").status_code == 404
+        r = post_select(other.url, queries=QUERIES, max_k=5, run_id="run-e", round=0)
+        assert r.status_code == 200 and r.json()["pool"]["size"] == 30
+    finally:
+        other.stop()
+    assert httpx.get(f"{svc.url}/runs/run-e").json()["pool"]["size"] == 40
