@@ -180,7 +180,8 @@ class SentenceTransformersBackend:
                 from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
 
             transformer = Transformer(str(spec.path), max_seq_length=max_length)
-            pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode=spec.pooling)
+            dim_of = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+            pooling = Pooling(dim_of(), pooling_mode=spec.pooling)
             self.model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
         self.model.max_seq_length = max_length
         if dtype != "float32":
