@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from report import write_section
 
 
 def search_check(n: int, d: int, q: int, k: int) -> list[str]:
@@ -82,11 +80,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        head, rest = text.split("<!-- bench:gpu -->", 1)
-        _, tail = rest.split("<!-- /bench:gpu -->", 1)
-        doc.write_text(f"{head}<!-- bench:gpu -->\n{body}\n<!-- /bench:gpu -->{tail}")
+        write_section("bench:gpu", body)
 
 
 if __name__ == "__main__":

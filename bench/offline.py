@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import cpu_name, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def pool_files(data: Path) -> list[Path]:
@@ -103,26 +102,6 @@ def exact_top(pool: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
     return np.take_along_axis(part, order, 1)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def write_section(body: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n<!-- bench:offline -->\n<!-- /bench:offline -->\n"
-    start, end = "<!-- bench:offline -->", "<!-- /bench:offline -->"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{start}\n{body.rstrip()}\n{end}{tail}")
 
 
 def main() -> None:
@@ -203,7 +182,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section("bench:offline", body)
 
 
 if __name__ == "__main__":

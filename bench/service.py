@@ -20,7 +20,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -34,6 +33,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from report import cpu_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -45,16 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -222,16 +212,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(docs: Path, text: str) -> None:
-    src = docs.read_text(encoding="utf-8")
-    start, end = f"<!-- {MARK} -->", f"<!-- /{MARK} -->"
-    if start not in src or end not in src:
-        raise SystemExit(f"{docs} has no {start} ... {end} section")
-    head, rest = src.split(start, 1)
-    _, tail = rest.split(end, 1)
-    docs.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gsm8k-train", type=Path, default=DATA / "gsm8k" / "train.jsonl")
@@ -297,7 +277,7 @@ def main() -> int:
     text = render(results)
     print(text)
     if not args.no_write:
-        write_section(args.docs, text)
+        write_section(MARK, text, args.docs)
         print(f"wrote the {MARK} section of {args.docs}")
     return 0
 

@@ -63,7 +63,7 @@ def test_exact_ties_between_distinct_rows_go_to_lower_index() -> None:
     assert idx.tolist() == [[0, 2, 3]]
 
 
-def test_torch_path_matches_faiss_for_large_k_and_blocks() -> None:
+def test_torch_path_matches_flat_for_large_k_and_blocks() -> None:
     rng = np.random.default_rng(3)
     pool, queries = unit(rng, 3000, 32), unit(rng, 7, 32)
     s_f, i_f = VectorIndex(pool).search(queries, 2500)
