@@ -119,7 +119,7 @@ def main() -> None:
         return
     if not (args.data / "gsm8k" / "train.jsonl").exists():
         raise SystemExit(f"no GSM8K data under {args.data}; pass --data")
-    from near_service.embedder import resolve_dtype
+    from near_service.modelspec import resolve_dtype
 
     auto_dtype = resolve_dtype("auto", "cpu")
     with tempfile.TemporaryDirectory() as tmp_s:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from near_service.embedder import Embedder, plan_batches, resolve_dtype, resolve_model
+from near_service.embedder import Embedder, plan_batches
 from near_service.errors import ConfigError
+from near_service.modelspec import resolve_dtype, resolve_model
 from near_service.settings import Settings
 
 TEXTS = [
