@@ -172,14 +172,9 @@ class VectorIndex:
         bad = np.flatnonzero((i < 0).any(axis=1))
         if len(bad):  # approximate index could not fill these rows: search them exactly
             log.info("%d of %d rows were short in the %s index; searched exactly", len(bad), len(i), self.kind)
-            fs, fi = self._exact_unique_numpy(queries[bad], k)
+            fs, fi = self._exact_unique(queries[bad], k)
             s[bad], i[bad] = fs, fi
         return s, i
-
-    def _exact_unique_numpy(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        s = queries @ self.vectors.T
-        i = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, i, 1), i
 
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores float32, indices int64), each row nearest first."""
