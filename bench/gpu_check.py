@@ -22,7 +22,7 @@ from report import write_section
 def search_check(n: int, d: int, q: int, k: int) -> list[str]:
     import torch
 
-    from near_service.index import torch_topk
+    from near_service.core.index import torch_topk
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((n, d), dtype=np.float32)
@@ -32,7 +32,7 @@ def search_check(n: int, d: int, q: int, k: int) -> list[str]:
     torch_topk(base[:1000], queries[:2], 10, "cuda")  # warm up CUDA
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    _, idx = torch_topk(base, queries, k, "cuda")
+    _, idx, _ = torch_topk(base, queries, k, "cuda")
     torch.cuda.synchronize()
     gpu_s = time.perf_counter() - t0
     sample = rng.choice(q, min(8, q), replace=False)
@@ -40,13 +40,15 @@ def search_check(n: int, d: int, q: int, k: int) -> list[str]:
     exact = np.argsort(-s, axis=1, kind="stable")[:, :k]
     recall = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(idx[sample], exact, strict=True)])
     name = torch.cuda.get_device_name(0)
-    return [f"- Exact search on {name}: pool {n} x {d}, {q} queries, K {k}: {gpu_s:.2f}s, "
-            f"recall@{k} vs CPU brute force (8 queries) = {recall:.4f}, no -1: {bool(idx.min() >= 0)}"]
+    return [
+        f"- Exact search on {name}: pool {n} x {d}, {q} queries, K {k}: {gpu_s:.2f}s, "
+        f"recall@{k} vs CPU brute force (8 queries) = {recall:.4f}, no -1: {bool(idx.min() >= 0)}"
+    ]
 
 
 def embed_check(model: str, texts: list[str]) -> list[str]:
-    from near_service.embedder import Embedder
-    from near_service.settings import Settings
+    from near_service.core.embedder import Embedder
+    from near_service.core.settings import Settings
 
     out = []
     vecs = {}
@@ -74,8 +76,9 @@ def main() -> None:
     lines = [f"GPU checks, `bench/gpu_check.py` ({time.strftime('%Y-%m-%d')}):", ""]
     lines += search_check(args.pool, args.dim, args.queries, args.k)
     if not args.skip_embed:
-        texts = [f"Sample {i}: a grade-school math problem about {i % 97} apples and {i % 13} trains."
-                 for i in range(2000)]
+        texts = [
+            f"Sample {i}: a grade-school math problem about {i % 97} apples and {i % 13} trains." for i in range(2000)
+        ]
         lines += embed_check(args.model, texts)
     body = "\n".join(lines)
     print(body)

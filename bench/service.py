@@ -52,8 +52,11 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     if exe is None:
         sys.exit("redis-server is not installed (make setup installs it)")
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
@@ -72,10 +75,24 @@ def start_service(env: dict[str, str], log: Path, timeout: float = 1800) -> tupl
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "near_service.app:create_app", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "near_service.server.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -125,10 +142,16 @@ def latency_run(url: str, queries: list[str], clients: int, per_client: int) -> 
     wall = time.perf_counter() - t0
     times = [t for p in parts for t in p[0]]
     search = [s for p in parts for s in p[1]]
-    return {"queries": len(queries), "clients": clients, "requests": len(times),
-            "p50_ms": 1000 * float(np.percentile(times, 50)), "p99_ms": 1000 * float(np.percentile(times, 99)),
-            "server_search_p50_ms": 1000 * statistics.median(search) if search else float("nan"),
-            "queries_per_s": len(times) * len(queries) / wall, "errors": sum(p[2] for p in parts)}
+    return {
+        "queries": len(queries),
+        "clients": clients,
+        "requests": len(times),
+        "p50_ms": 1000 * float(np.percentile(times, 50)),
+        "p99_ms": 1000 * float(np.percentile(times, 99)),
+        "server_search_p50_ms": 1000 * statistics.median(search) if search else float("nan"),
+        "queries_per_s": len(times) * len(queries) / wall,
+        "errors": sum(p[2] for p in parts),
+    }
 
 
 def numpy_floor(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +162,16 @@ def numpy_floor(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarr
     return np.take_along_axis(top, order, 1), np.take_along_axis(i, order, 1)
 
 
-def search_vs_floor(texts: list[str], query_sets: dict[int, list[str]], redis_url: str,
-                    repeats: int) -> list[dict[str, Any]]:
+def search_vs_floor(
+    texts: list[str], query_sets: dict[int, list[str]], redis_url: str, repeats: int
+) -> list[dict[str, Any]]:
     """Time VectorIndex.search and the numpy floor on the pool's cached vectors (no model run)."""
     import redis
 
-    from near_service.cache import RedisCache
-    from near_service.embedder import Embedder
-    from near_service.index import VectorIndex, first_occurrence
-    from near_service.settings import load_settings
+    from near_service.core.embedder import Embedder
+    from near_service.core.index import VectorIndex, first_occurrence
+    from near_service.core.settings import load_settings
+    from near_service.stores.cache import RedisCache
 
     embedder = Embedder.from_settings(load_settings(cache_dir=""))
     store = RedisCache(redis.Redis.from_url(redis_url))
@@ -166,9 +190,15 @@ def search_vs_floor(texts: list[str], query_sets: dict[int, list[str]], redis_ur
             _, fidx = numpy_floor(base, q, MAX_K)
             floor.append(time.perf_counter() - t)
         same = float(np.mean([len(np.intersect1d(a, b)) / MAX_K for a, b in zip(idx, fidx, strict=True)]))
-        rows.append({"queries": n, "search_ms": 1000 * statistics.median(ours),
-                     "floor_ms": 1000 * statistics.median(floor),
-                     "ratio": statistics.median(ours) / statistics.median(floor), "overlap": same})
+        rows.append(
+            {
+                "queries": n,
+                "search_ms": 1000 * statistics.median(ours),
+                "floor_ms": 1000 * statistics.median(floor),
+                "ratio": statistics.median(ours) / statistics.median(floor),
+                "overlap": same,
+            }
+        )
     return rows
 
 
@@ -180,8 +210,11 @@ def render(results: dict[str, Any]) -> str:
         f"(GSM8K train + DataFlex demo), queries from GSM8K test; max_k {MAX_K}. "
         f"Run {results['date']}, `python bench/service.py`; 1-minute load average {results['load'][0]:.1f} at the "
         f"start, {results['load'][1]:.1f} at the end"
-        + (" (other work shared the CPU, which slows the cold start most)." if max(results["load"]) > (
-            results["cores"] or 1) else "."),
+        + (
+            " (other work shared the CPU, which slows the cold start most)."
+            if max(results["load"]) > (results["cores"] or 1)
+            else "."
+        ),
         "",
         "| start | time to ready |",
         "|---|---|",
@@ -196,17 +229,28 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["latency"]:
-        lines.append(f"| {r['queries']} | {r['clients']} | {r['requests']} | {r['p50_ms']:.0f} ms | "
-                     f"{r['p99_ms']:.0f} ms | {r['server_search_p50_ms']:.1f} ms | {r['queries_per_s']:.0f} | "
-                     f"{r['errors']} |")
-    lines += ["", "First request with new queries (the model embeds them): " + ", ".join(
-        f"{n} queries {ms:.0f} ms" for n, ms in results["first_request_ms"].items()) + ".", "",
+        lines.append(
+            f"| {r['queries']} | {r['clients']} | {r['requests']} | {r['p50_ms']:.0f} ms | "
+            f"{r['p99_ms']:.0f} ms | {r['server_search_p50_ms']:.1f} ms | {r['queries_per_s']:.0f} | "
+            f"{r['errors']} |"
+        )
+    lines += [
+        "",
+        "First request with new queries (the model embeds them): "
+        + ", ".join(f"{n} queries {ms:.0f} ms" for n, ms in results["first_request_ms"].items())
+        + ".",
+        "",
         "Search step (`VectorIndex.search`, exact flat) vs numpy floor (matmul + argpartition + sort of the K), "
-        "same vectors, median of repeats in one process:", "",
-        "| queries | search | numpy floor | ratio (target <= 1.5) | top-K overlap |", "|---|---|---|---|---|"]
+        "same vectors, median of repeats in one process:",
+        "",
+        "| queries | search | numpy floor | ratio (target <= 1.5) | top-K overlap |",
+        "|---|---|---|---|---|",
+    ]
     for r in results["search"]:
-        lines.append(f"| {r['queries']} | {r['search_ms']:.1f} ms | {r['floor_ms']:.1f} ms | {r['ratio']:.2f} | "
-                     f"{r['overlap']:.4f} |")
+        lines.append(
+            f"| {r['queries']} | {r['search_ms']:.1f} ms | {r['floor_ms']:.1f} ms | {r['ratio']:.2f} | "
+            f"{r['overlap']:.4f} |"
+        )
     errors = sum(r["errors"] for r in results["latency"])
     lines += ["", f"Errors under the concurrent runs: {errors} (target 0)."]
     return "\n".join(lines)
@@ -222,27 +266,40 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
 
-    from near_service.records import load_texts
+    from near_service.core.records import load_texts
 
-    candidates = [args.gsm8k_train, *sorted(args.dataflex_dir.glob("*.json")),
-                  *sorted(args.dataflex_dir.glob("*.jsonl"))]
+    candidates = [
+        args.gsm8k_train,
+        *sorted(args.dataflex_dir.glob("*.json")),
+        *sorted(args.dataflex_dir.glob("*.jsonl")),
+    ]
     texts = load_texts(candidates, "default", "candidate")
     tests = load_texts([args.gsm8k_test], "default", "query")
     query_sets = {64: tests[:64], 1024: tests[:1024]}
-    results: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "pool": len(texts),
-                               "date": time.strftime("%Y-%m-%d"), "load": [os.getloadavg()[0]]}
+    results: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "pool": len(texts),
+        "date": time.strftime("%Y-%m-%d"),
+        "load": [os.getloadavg()[0]],
+    }
     work = Path(tempfile.mkdtemp(prefix="near-bench-"))
     redis_proc, redis_url = start_redis(work)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        env = {"NEAR_CANDIDATES": json.dumps([str(p) for p in candidates]), "NEAR_REDIS_URL": redis_url,
-               "NEAR_CACHE_DIR": str(work / "cache-cold"), "NEAR_LOG_LEVEL": "warning"}
+        env = {
+            "NEAR_CANDIDATES": json.dumps([str(p) for p in candidates]),
+            "NEAR_REDIS_URL": redis_url,
+            "NEAR_CACHE_DIR": str(work / "cache-cold"),
+            "NEAR_LOG_LEVEL": "warning",
+        }
         print(f"cold start: embedding {len(texts)} candidates ...", flush=True)
         proc, url, results["cold_s"] = start_service(env, work / "cold.log")
         stop(proc)
         print(f"  ready in {results['cold_s']:.1f}s; warm start (Redis only) ...", flush=True)
-        proc, url, results["warm_s"] = start_service({**env, "NEAR_CACHE_DIR": str(work / "cache-warm")},
-                                                     work / "warm.log")
+        proc, url, results["warm_s"] = start_service(
+            {**env, "NEAR_CACHE_DIR": str(work / "cache-warm")}, work / "warm.log"
+        )
         procs.append(proc)
         print(f"  ready in {results['warm_s']:.1f}s", flush=True)
         info = httpx.get(f"{url}/info").json()

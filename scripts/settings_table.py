@@ -1,4 +1,4 @@
-"""Write the README's configuration table from ``near_service.settings.Settings``.
+"""Write the README's configuration table from ``near_service.core.settings.Settings``.
 
     python scripts/settings_table.py           # print the table
     python scripts/settings_table.py --write   # replace it in README.md, between the markers
@@ -20,7 +20,7 @@ import annotated_types
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from near_service.settings import Settings
+from near_service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -36,8 +36,9 @@ def _type(info: FieldInfo) -> str:
     elif typing.get_origin(ann) is list:
         text = "JSON list"
     else:
-        text = {"SecretStr": "secret", "Path": "path"}.get(getattr(ann, "__name__", ""),
-                                                           getattr(ann, "__name__", str(ann)))
+        text = {"SecretStr": "secret", "Path": "path"}.get(
+            getattr(ann, "__name__", ""), getattr(ann, "__name__", str(ann))
+        )
     bounds = []
     for meta in info.metadata:
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
@@ -67,8 +68,7 @@ def settings_table() -> str:
     """The markdown table: one row per Settings field, in declaration order."""
     rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
-        rows.append(f"| `NEAR_{name.upper()}` | {_type(info)} | {_default(info)} | "
-                    f"{_cell(info.description or '')} |")
+        rows.append(f"| `NEAR_{name.upper()}` | {_type(info)} | {_default(info)} | {_cell(info.description or '')} |")
     return "\n".join(rows) + "\n"
 
 
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         README.write_text(wanted)
         return 0
     if current != wanted:
-        print("README.md's configuration table is stale: run python scripts/settings_table.py --write",
-              file=sys.stderr)
+        print("README.md's configuration table is stale: run python scripts/settings_table.py --write", file=sys.stderr)
         return 1
     return 0
 

@@ -35,9 +35,22 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server not installed"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -80,7 +93,7 @@ def module_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
 
 @dataclass
 class ServiceProcess:
-    """A real ``uvicorn near_service.app:create_app --factory`` subprocess, configured by NEAR_* env.
+    """A real ``uvicorn near_service.server.app:create_app --factory`` subprocess, configured by NEAR_* env.
 
     ``start()`` waits until ``GET /ready`` answers 200 (or ``wait_ready=False``); ``stop()`` kills it;
     ``start()`` again restarts it on the same port (same settings, so the same caches).
@@ -104,9 +117,21 @@ class ServiceProcess:
         env = {**os.environ, **self.env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "near_service.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "near_service.server.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         headers = {"Authorization": f"Bearer {self.env['NEAR_API_KEY']}"} if "NEAR_API_KEY" in self.env else {}
         while time.monotonic() < deadline:

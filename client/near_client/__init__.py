@@ -14,6 +14,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from near_schema import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorBody,
+    HealthResponse,
+    InfoResponse,
+    PoolInfo,
+    ReadyResponse,
+    RunInfo,
+    SelectRequest,
+    SelectResponse,
+    fingerprint,
+)
+
 from .client import AsyncNearClient, NearClient, RetryPolicy
 from .errors import (
     APIError,
@@ -33,24 +47,11 @@ from .errors import (
     TransportError,
     raise_for_status,
 )
-from .fingerprint import fingerprint
-from .schema import (
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    ErrorBody,
-    HealthResponse,
-    InfoResponse,
-    PoolInfo,
-    ReadyResponse,
-    RunInfo,
-    SelectRequest,
-    SelectResponse,
-)
 
 if TYPE_CHECKING:
     from .callback import NearSelectionCallback
-    from .data import SelectionSampler
     from .queries import HighestLossQueries
+    from .sampler import SelectionSampler
 
 __version__ = "0.1.0"
 
@@ -58,7 +59,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "HighestLossQueries": ".queries",
     "NearSelectionCallback": ".callback",
-    "SelectionSampler": ".data",
+    "SelectionSampler": ".sampler",
 }
 
 

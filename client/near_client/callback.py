@@ -1,11 +1,14 @@
 """Dynamic NEAR selection inside a ``transformers.Trainer`` (DataFlex's schedule, served online).
 
->>> from near_client import NearClient, NearSelectionCallback               # doctest: +SKIP
->>> near = NearSelectionCallback(NearClient("http://near:8000"), queries=target_texts,
-...                              warmup_step=100, update_step=100, update_times=5, max_k=200)
->>> trainer = Trainer(model=model, args=args, train_dataset=pool_dataset, data_collator=collator)
->>> near.attach(trainer)        # adds the callback and installs its sampler
->>> trainer.train()
+Usage (needs a running service and a Trainer; see ``examples/train_hf_trainer.py``)::
+
+    from near_client import NearClient, NearSelectionCallback
+
+    near = NearSelectionCallback(NearClient("http://near:8000"), queries=target_texts,
+                                 warmup_step=100, update_step=100, update_times=5, max_k=200)
+    trainer = Trainer(model=model, args=args, train_dataset=pool_dataset, data_collator=collator)
+    near.attach(trainer)        # adds the callback and installs its sampler
+    trainer.train()
 """
 
 from __future__ import annotations
@@ -19,20 +22,19 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from near_schema import PoolInfo, Strategy, fingerprint
+
 from .client import NearClient, retryable
 from .errors import APIError, InvalidResponseError, NearClientError, PoolMismatchError, ServerError
-from .fingerprint import fingerprint
-from .schema import PoolInfo, Strategy
 
 try:
     import torch
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("NearSelectionCallback needs transformers and torch: "
-                      "pip install 'near-select[train]'") from exc
+    raise ImportError("NearSelectionCallback needs transformers and torch: pip install 'near-select[train]'") from exc
 
-from .data import SelectionSampler
 from .queries import QueryFn
+from .sampler import SelectionSampler
 
 __all__ = ["STATE_FILE", "NearSelectionCallback"]
 
@@ -81,17 +83,29 @@ class NearSelectionCallback(TrainerCallback):
 
     Staleness: batches already drawn from the sampler when an update lands still come from the
     previous selection: at most ``1 + dataloader_num_workers * prefetch_factor`` batches per process
-    (see :mod:`near_client.data`). Everything after them comes from the new selection.
+    (see :mod:`near_client.sampler`). Everything after them comes from the new selection.
 
     Distributed: only the main process calls the service; the selection is broadcast so every
     process trains on the same selection, each on its shard of the batches.
     """
 
-    def __init__(self, client: NearClient, queries: Sequence[str] | QueryFn, *, warmup_step: int,
-                 update_step: int, update_times: int, max_k: int, budget: int | None = None,
-                 strategy: Strategy = "round_robin", exclude_previous: bool = False,
-                 run_id: str | None = None, pool_texts: Sequence[str] | None = None, strict: bool = False,
-                 use_ledger: bool = True) -> None:
+    def __init__(
+        self,
+        client: NearClient,
+        queries: Sequence[str] | QueryFn,
+        *,
+        warmup_step: int,
+        update_step: int,
+        update_times: int,
+        max_k: int,
+        budget: int | None = None,
+        strategy: Strategy = "round_robin",
+        exclude_previous: bool = False,
+        run_id: str | None = None,
+        pool_texts: Sequence[str] | None = None,
+        strict: bool = False,
+        use_ledger: bool = True,
+    ) -> None:
         if warmup_step < 0 or update_step < 1 or update_times < 0 or max_k < 1:
             raise ValueError("need warmup_step >= 0, update_step >= 1, update_times >= 0, max_k >= 1")
         if not callable(queries) and (isinstance(queries, str) or not list(queries)):
@@ -112,11 +126,14 @@ class NearSelectionCallback(TrainerCallback):
         """Register this callback on ``trainer`` and make it train from this callback's sampler."""
         dataset = trainer.train_dataset
         if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-            raise TypeError("NearSelectionCallback needs a map-style train_dataset (with __len__), in the "
-                            "service's pool order")
+            raise TypeError(
+                "NearSelectionCallback needs a map-style train_dataset (with __len__), in the service's pool order"
+            )
         if getattr(trainer.args, "train_sampling_strategy", "random") != "random":
-            log.warning("train_sampling_strategy=%r is replaced by NEAR selection's sampler",
-                        trainer.args.train_sampling_strategy)
+            log.warning(
+                "train_sampling_strategy=%r is replaced by NEAR selection's sampler",
+                trainer.args.train_sampling_strategy,
+            )
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
         args = trainer.args
@@ -134,16 +151,21 @@ class NearSelectionCallback(TrainerCallback):
         return trainer
 
     # --- Trainer events ----------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         if self.sampler is None or not self._sampler_served:
-            raise RuntimeError("NearSelectionCallback is not attached: call callback.attach(trainer) before "
-                               "trainer.train()")
-        self._budget = self.budget or (args.world_size * args.per_device_train_batch_size
-                                       * args.gradient_accumulation_steps * self.update_step)
+            raise RuntimeError(
+                "NearSelectionCallback is not attached: call callback.attach(trainer) before trainer.train()"
+            )
+        self._budget = self.budget or (
+            args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps * self.update_step
+        )
         if self._budget > self.sampler.size:
-            raise ValueError(f"budget {self._budget} is larger than the training pool ({self.sampler.size}); "
-                             "lower update_step or the batch size, or pass budget=")
+            raise ValueError(
+                f"budget {self._budget} is larger than the training pool ({self.sampler.size}); "
+                "lower update_step or the batch size, or pass budget="
+            )
         self._run_id = _run_id(self.run_id or args.run_name or os.path.abspath(args.output_dir or "run"))
         if state.global_step > 0:
             self._restore(args, state)
@@ -152,19 +174,20 @@ class NearSelectionCallback(TrainerCallback):
         if self.warmup_step == 0 and state.global_step == 0:
             self._update(args, state, model)
 
-    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       **kwargs: Any) -> None:
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         # The Trainer sets the epoch through the DataLoader too; this covers wrappers that do not
         # forward it (e.g. a resumed distributed run). state.epoch is exact at epoch boundaries.
         if self.sampler is not None:
             self.sampler.set_epoch(math.floor(state.epoch + 1e-9) if state.epoch else 0)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: Any = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         self._update(args, state, model)
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                **kwargs: Any) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir or ".", f"checkpoint-{state.global_step}")
         if args.should_save and os.path.isdir(folder):
             with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
@@ -179,8 +202,12 @@ class NearSelectionCallback(TrainerCallback):
         return [p.to_json() for p in self.sampler.phases[1:]]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "run_id": getattr(self, "_run_id", self.run_id), "next_round": self.next_round,
-                "sampler": None if self.sampler is None else self.sampler.state_dict()}
+        return {
+            "version": 1,
+            "run_id": getattr(self, "_run_id", self.run_id),
+            "next_round": self.next_round,
+            "sampler": None if self.sampler is None else self.sampler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_round = int(state["next_round"])
@@ -197,8 +224,11 @@ class NearSelectionCallback(TrainerCallback):
         # No saved state (a checkpoint from elsewhere): the ledger replays the latest due round.
         done = self._latest_due_round(state.global_step)
         self.next_round = 0 if done is None else done
-        log.warning("no %s next to the checkpoint at step %d; the latest round is fetched again from the "
-                    "service's ledger", STATE_FILE, state.global_step)
+        log.warning(
+            "no %s next to the checkpoint at step %d; the latest round is fetched again from the service's ledger",
+            STATE_FILE,
+            state.global_step,
+        )
 
     # --- the update ----------------------------------------------------------------------------
     def _latest_due_round(self, step: int) -> int | None:
@@ -221,8 +251,13 @@ class NearSelectionCallback(TrainerCallback):
             start = max(starts)
         start = self.sampler.switch(payload, r, start=start, step=state.global_step)
         self.next_round = r + 1
-        log.info("NEAR round %d at step %d: %d samples selected, from stream position %d",
-                 r, state.global_step, len(payload), start)
+        log.info(
+            "NEAR round %d at step %d: %d samples selected, from stream position %d",
+            r,
+            state.global_step,
+            len(payload),
+            start,
+        )
 
     def _select(self, r: int, model: Any, state: TrainerState) -> list[int]:
         queries = list(self.queries(model, state) if callable(self.queries) else self.queries)
@@ -231,13 +266,22 @@ class NearSelectionCallback(TrainerCallback):
         if self._pool is None:
             self._check_pool()
         ledger = self.use_ledger
-        answer = self.client.select(queries, self.max_k, budget=self._budget, strategy=self.strategy,
-                                    run_id=self._run_id if ledger else None, round=r if ledger else None,
-                                    exclude_previous=self.exclude_previous and ledger)
+        answer = self.client.select(
+            queries,
+            self.max_k,
+            budget=self._budget,
+            strategy=self.strategy,
+            run_id=self._run_id if ledger else None,
+            round=r if ledger else None,
+            exclude_previous=self.exclude_previous and ledger,
+        )
         if answer.pool.size != self._pool_size() or (self._pool and answer.pool.fingerprint != self._pool.fingerprint):
-            raise PoolMismatchError(f"the service's pool changed: now {answer.pool.size} samples, fingerprint "
-                                    f"{answer.pool.fingerprint} (was {self._pool})", expected=self._pool,
-                                    actual=answer.pool)
+            raise PoolMismatchError(
+                f"the service's pool changed: now {answer.pool.size} samples, fingerprint "
+                f"{answer.pool.fingerprint} (was {self._pool})",
+                expected=self._pool,
+                actual=answer.pool,
+            )
         if answer.selected is None:
             raise InvalidResponseError("/select answered without 'selected' although a budget was sent")
         return list(answer.selected)
@@ -253,15 +297,21 @@ class NearSelectionCallback(TrainerCallback):
             raise PoolMismatchError(
                 f"the service's pool has {info.pool.size} samples but the training dataset has {size}: "
                 "serve the training dataset as the candidate pool, in the same order",
-                expected=size, actual=info.pool.size)
+                expected=size,
+                actual=info.pool.size,
+            )
         if self.pool_fingerprint is not None and info.pool.fingerprint != self.pool_fingerprint:
             raise PoolMismatchError(
                 f"the service's pool fingerprint {info.pool.fingerprint} differs from the training texts' "
                 f"{self.pool_fingerprint}: same size, different samples or order (or another template)",
-                expected=self.pool_fingerprint, actual=info.pool.fingerprint)
+                expected=self.pool_fingerprint,
+                actual=info.pool.fingerprint,
+            )
         if self.use_ledger and info.redis == "disabled":
-            log.warning("the NEAR service runs without Redis, so it keeps no run ledger: a resumed run may "
-                        "get different selections")
+            log.warning(
+                "the NEAR service runs without Redis, so it keeps no run ledger: a resumed run may "
+                "get different selections"
+            )
             self.use_ledger = False
         self._pool = info.pool
 
@@ -290,8 +340,11 @@ class NearSelectionCallback(TrainerCallback):
             if error is not None:
                 raise error
             raise NearClientError(f"NEAR selection failed on the main process: {payload['error']}")
-        log.warning("NEAR %s failed: %s; training goes on with the current selection and retries at the "
-                    "next step", what, payload["error"])
+        log.warning(
+            "NEAR %s failed: %s; training goes on with the current selection and retries at the next step",
+            what,
+            payload["error"],
+        )
         return None
 
 

@@ -25,6 +25,17 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from near_schema import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    HealthResponse,
+    InfoResponse,
+    ReadyResponse,
+    RunInfo,
+    SelectRequest,
+    SelectResponse,
+    Strategy,
+)
 from pydantic import BaseModel, ValidationError
 
 from .errors import (
@@ -37,17 +48,6 @@ from .errors import (
     ServiceUnavailableError,
     TransportError,
     raise_for_status,
-)
-from .schema import (
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    HealthResponse,
-    InfoResponse,
-    ReadyResponse,
-    RunInfo,
-    SelectRequest,
-    SelectResponse,
-    Strategy,
 )
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncNearClient", "NearClient", "RetryPolicy"]
@@ -83,7 +83,7 @@ class RetryPolicy:
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             wait = max(wait, min(float(retry_after), self.max_retry_after))
-        return wait
+        return float(wait)
 
 
 def retryable(error: NearClientError) -> bool:
@@ -105,7 +105,8 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
     except ValidationError as exc:
         raise InvalidResponseError(
             f"{response.request.method} {response.request.url.path}: answer is not a {model.__name__} "
-            f"({exc.error_count()} problems; first: {exc.errors()[0]['msg']})") from exc
+            f"({exc.error_count()} problems; first: {exc.errors()[0]['msg']})"
+        ) from exc
 
 
 def _ready(response: httpx.Response) -> ReadyResponse:
@@ -120,8 +121,14 @@ def _ready(response: httpx.Response) -> ReadyResponse:
 class _Base:
     """What the sync and async clients share: configuration, request bodies, answer parsing."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout,
-                 retry: RetryPolicy | int, headers: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        retry: RetryPolicy | int,
+        headers: dict[str, str] | None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = RetryPolicy(attempts=retry) if isinstance(retry, int) else retry
         self._headers = {"User-Agent": "near-client", **(headers or {})}
@@ -133,10 +140,24 @@ class _Base:
         return f"{type(self).__name__}({self.base_url!r})"
 
     @staticmethod
-    def _select_body(queries: Sequence[str], max_k: int, budget: int | None, strategy: Strategy,
-                     run_id: str | None, round: int | None, exclude_previous: bool) -> dict[str, Any]:
-        request = SelectRequest(queries=list(queries), max_k=max_k, budget=budget, strategy=strategy,
-                                run_id=run_id, round=round, exclude_previous=exclude_previous)
+    def _select_body(
+        queries: Sequence[str],
+        max_k: int,
+        budget: int | None,
+        strategy: Strategy,
+        run_id: str | None,
+        round: int | None,
+        exclude_previous: bool,
+    ) -> dict[str, Any]:
+        request = SelectRequest(
+            queries=list(queries),
+            max_k=max_k,
+            budget=budget,
+            strategy=strategy,
+            run_id=run_id,
+            round=round,
+            exclude_previous=exclude_previous,
+        )
         return request.model_dump(mode="json")
 
     @staticmethod
@@ -146,8 +167,16 @@ class _Base:
         return body.model_dump(mode="json", exclude_none=True)
 
     def _log_retry(self, method: str, path: str, error: NearClientError, wait: float, attempt: int) -> None:
-        log.warning("%s %s%s failed (%s); retry %d/%d in %.1fs", method, self.base_url, path, error,
-                    attempt + 1, self.retry.attempts - 1, wait)
+        log.warning(
+            "%s %s%s failed (%s); retry %d/%d in %.1fs",
+            method,
+            self.base_url,
+            path,
+            error,
+            attempt + 1,
+            self.retry.attempts - 1,
+            wait,
+        )
 
 
 class NearClient(_Base):
@@ -161,25 +190,35 @@ class NearClient(_Base):
         transport: an ``httpx`` transport (tests, proxies).
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | int = RetryPolicy(),
-                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | int = RetryPolicy(),
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, api_key, timeout, retry, headers)
-        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport
+        )
 
     def __enter__(self) -> NearClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, json: Any = None, *, retry: bool = True,
-                 accept: tuple[int, ...] = ()) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, json: Any = None, *, retry: bool = True, accept: tuple[int, ...] = ()
+    ) -> httpx.Response:
         attempt = 0
         while True:
             error: NearClientError
@@ -199,9 +238,17 @@ class NearClient(_Base):
             time.sleep(wait)
             attempt += 1
 
-    def select(self, queries: Sequence[str], max_k: int, *, budget: int | None = None,
-               strategy: Strategy = "round_robin", run_id: str | None = None, round: int | None = None,
-               exclude_previous: bool = False) -> SelectResponse:
+    def select(
+        self,
+        queries: Sequence[str],
+        max_k: int,
+        *,
+        budget: int | None = None,
+        strategy: Strategy = "round_robin",
+        run_id: str | None = None,
+        round: int | None = None,
+        exclude_previous: bool = False,
+    ) -> SelectResponse:
         """``POST /select``: each query's ``max_k`` nearest candidates, and ``budget`` unique ones."""
         body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
         return _parse(SelectResponse, self._request("POST", "/select", body))
@@ -245,8 +292,9 @@ class NearClient(_Base):
         """``GET /runs/{run_id}``: the rounds the ledger stored for a training run."""
         return _parse(RunInfo, self._request("GET", f"/runs/{quote(run_id, safe='')}"))
 
-    def embeddings(self, input: str | Sequence[str], *, model: str | None = None,
-                   dimensions: int | None = None) -> EmbeddingsResponse:
+    def embeddings(
+        self, input: str | Sequence[str], *, model: str | None = None, dimensions: int | None = None
+    ) -> EmbeddingsResponse:
         """``POST /v1/embeddings`` (OpenAI-compatible): embed texts as documents."""
         body = self._embeddings_body(input, model, dimensions)
         return _parse(EmbeddingsResponse, self._request("POST", "/v1/embeddings", body))
@@ -259,26 +307,35 @@ class AsyncNearClient(_Base):
     ...     answer = await near.select(["What is 7 * 8?"], max_k=100)
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | int = RetryPolicy(),
-                 headers: dict[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | int = RetryPolicy(),
+        headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, api_key, timeout, retry, headers)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport
+        )
 
     async def __aenter__(self) -> AsyncNearClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, json: Any = None, *, retry: bool = True,
-                       accept: tuple[int, ...] = ()) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, json: Any = None, *, retry: bool = True, accept: tuple[int, ...] = ()
+    ) -> httpx.Response:
         attempt = 0
         while True:
             error: NearClientError
@@ -298,9 +355,17 @@ class AsyncNearClient(_Base):
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def select(self, queries: Sequence[str], max_k: int, *, budget: int | None = None,
-                     strategy: Strategy = "round_robin", run_id: str | None = None, round: int | None = None,
-                     exclude_previous: bool = False) -> SelectResponse:
+    async def select(
+        self,
+        queries: Sequence[str],
+        max_k: int,
+        *,
+        budget: int | None = None,
+        strategy: Strategy = "round_robin",
+        run_id: str | None = None,
+        round: int | None = None,
+        exclude_previous: bool = False,
+    ) -> SelectResponse:
         body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
         return _parse(SelectResponse, await self._request("POST", "/select", body))
 
@@ -334,8 +399,9 @@ class AsyncNearClient(_Base):
     async def runs(self, run_id: str) -> RunInfo:
         return _parse(RunInfo, await self._request("GET", f"/runs/{quote(run_id, safe='')}"))
 
-    async def embeddings(self, input: str | Sequence[str], *, model: str | None = None,
-                         dimensions: int | None = None) -> EmbeddingsResponse:
+    async def embeddings(
+        self, input: str | Sequence[str], *, model: str | None = None, dimensions: int | None = None
+    ) -> EmbeddingsResponse:
         body = self._embeddings_body(input, model, dimensions)
         return _parse(EmbeddingsResponse, await self._request("POST", "/v1/embeddings", body))
 

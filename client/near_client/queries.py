@@ -36,9 +36,16 @@ class HighestLossQueries:
     ``last_losses`` holds the per-example losses of the latest call (for logging).
     """
 
-    def __init__(self, texts: Sequence[str], n: int, *, tokenizer: Any = None,
-                 features: Sequence[Mapping[str, Any]] | None = None, batch_size: int = 8,
-                 max_length: int = 512) -> None:
+    def __init__(
+        self,
+        texts: Sequence[str],
+        n: int,
+        *,
+        tokenizer: Any = None,
+        features: Sequence[Mapping[str, Any]] | None = None,
+        batch_size: int = 8,
+        max_length: int = 512,
+    ) -> None:
         if not texts:
             raise ValueError("HighestLossQueries needs at least one validation text")
         if (tokenizer is None) == (features is None):
@@ -71,7 +78,7 @@ class HighestLossQueries:
         out: list[np.ndarray] = []
         try:
             for lo in range(0, len(self.features), self.batch_size):
-                ids, mask, labels = _pad(self.features[lo: lo + self.batch_size])
+                ids, mask, labels = _pad(self.features[lo : lo + self.batch_size])
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
                 out.append(_per_example_loss(logits, labels.to(device)).cpu().numpy())
         finally:
@@ -96,7 +103,8 @@ def _pad(batch: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor
 def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_logits = logits[:, :-1, :]
     shift_labels = labels[:, 1:]
-    tok = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
-                                            reduction="none")
+    tok = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none"
+    )
     valid = (shift_labels != -100).float()
     return (tok * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)

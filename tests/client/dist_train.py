@@ -34,15 +34,27 @@ def main(url: str, out: str, warmup: int, every: int, steps: int) -> None:
 
     model = tiny_model()
     rec = Recorder(model)
-    callback = NearSelectionCallback(CountingClient(url, retry=RetryPolicy(attempts=2, backoff=0.05)),
-                                     queries=queries_by_step(warmup, every), warmup_step=warmup,
-                                     update_step=every, update_times=3, max_k=32)
+    callback = NearSelectionCallback(
+        CountingClient(url, retry=RetryPolicy(attempts=2, backoff=0.05)),
+        queries=queries_by_step(warmup, every),
+        warmup_step=warmup,
+        update_step=every,
+        update_times=3,
+        max_k=32,
+    )
     trainer = make_trainer(model, train_dataset(), Path(out) / "train", max_steps=steps, bs=4, ga=2)
     callback.attach(trainer)
     trainer.train()
     rank, world = dist.get_rank(), dist.get_world_size()
-    result = {"rank": rank, "world": world, "batches": rec.batches, "history": callback.history,
-              "calls": CountingClient.calls, "budget": callback._budget, "steps": trainer.state.global_step}
+    result = {
+        "rank": rank,
+        "world": world,
+        "batches": rec.batches,
+        "history": callback.history,
+        "calls": CountingClient.calls,
+        "budget": callback._budget,
+        "steps": trainer.state.global_step,
+    }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -91,20 +91,35 @@ class FakeNearService:
         if path == "/ready":
             return {"status": "ready", "redis": self.redis}
         if path == "/info":
-            return {"version": "0", "model": "fake-model", "revision": "0", "backend": "fake", "device": "cpu",
-                    "dtype": "float32", "dim": 4, "max_length": 16, "pooling": "mean", "query_prompt": "",
-                    "index": "flat", "pool": self.pool, "redis": self.redis}
+            return {
+                "version": "0",
+                "model": "fake-model",
+                "revision": "0",
+                "backend": "fake",
+                "device": "cpu",
+                "dtype": "float32",
+                "dim": 4,
+                "max_length": 16,
+                "pooling": "mean",
+                "query_prompt": "",
+                "index": "flat",
+                "pool": self.pool,
+                "redis": self.redis,
+            }
         if path == "/select":
             n, k = self.pool["size"], body["max_k"]
             rng = np.random.default_rng(body.get("round") or 0)
             indices = [rng.permutation(n)[:k].tolist() for _ in body["queries"]]
             selected = rng.permutation(n)[: body["budget"]].tolist() if body.get("budget") else None
-            return {"indices": indices, "scores": [[1.0] * k for _ in indices], "selected": selected,
-                    "pool": self.pool}
+            return {"indices": indices, "scores": [[1.0] * k for _ in indices], "selected": selected, "pool": self.pool}
         if path.startswith("/runs/"):
-            return {"run_id": path[len("/runs/"):], "pool": self.pool, "rounds": []}
+            return {"run_id": path[len("/runs/") :], "pool": self.pool, "rounds": []}
         if path == "/v1/embeddings":
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            return {"object": "list", "model": "fake-model", "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                    "data": [{"object": "embedding", "index": i, "embedding": [0.5] * 4} for i in range(len(texts))]}
+            return {
+                "object": "list",
+                "model": "fake-model",
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                "data": [{"object": "embedding", "index": i, "embedding": [0.5] * 4} for i in range(len(texts))],
+            }
         return {"error": {"code": "not_found", "message": path}}

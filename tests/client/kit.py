@@ -21,11 +21,15 @@ SUBJECTS = [
     ("The striker scored {a} goals in {b} football matches this season.", "football"),
     ("The telescope found {a} new moons orbiting a planet {b} light years away.", "astronomy"),
 ]
-MATH_QUERIES = ["A shop sells 7 pencils and then 5 more. How many pencils were sold?",
-                "Sara has 12 apples and gives away 4. How many apples are left?"]
-TOPIC_QUERIES = [["Sara has 12 apples and gives away 4. How many apples are left?"],
-                 ["Fry the onions and garlic, then simmer the tomato sauce."],
-                 ["The goalkeeper saved a penalty in the football match."]]
+MATH_QUERIES = [
+    "A shop sells 7 pencils and then 5 more. How many pencils were sold?",
+    "Sara has 12 apples and gives away 4. How many apples are left?",
+]
+TOPIC_QUERIES = [
+    ["Sara has 12 apples and gives away 4. How many apples are left?"],
+    ["Fry the onions and garlic, then simmer the tomato sauce."],
+    ["The goalkeeper saved a penalty in the football match."],
+]
 
 
 def queries_by_step(warmup: int, every: int) -> Any:
@@ -64,8 +68,15 @@ def tiny_model(seed: int = 0) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -85,21 +96,50 @@ class Recorder:
         return [i for b in self.batches for i in b]
 
 
-def make_trainer(model: Any, dataset: Any, out_dir: Path, *, max_steps: int, bs: int = 4, ga: int = 2,
-                 workers: int = 0, save_steps: int | None = None, callbacks: Sequence[Any] = ()) -> Any:
+def make_trainer(
+    model: Any,
+    dataset: Any,
+    out_dir: Path,
+    *,
+    max_steps: int,
+    bs: int = 4,
+    ga: int = 2,
+    workers: int = 0,
+    save_steps: int | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-        max_steps=max_steps, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
-        dataloader_num_workers=workers, logging_steps=1000, disable_tqdm=True,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)
-    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
-                   callbacks=list(callbacks))
+        output_dir=str(out_dir),
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=workers,
+        logging_steps=1000,
+        disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=default_data_collator, callbacks=list(callbacks)
+    )
 
 
-def check_stream(flat: Sequence[int], history: Sequence[dict[str, Any]], *, batch: int, depth: int,
-                 budget: int, pool: int = POOL_SIZE, per_step: int) -> None:
+def check_stream(
+    flat: Sequence[int],
+    history: Sequence[dict[str, Any]],
+    *,
+    batch: int,
+    depth: int,
+    budget: int,
+    pool: int = POOL_SIZE,
+    per_step: int,
+) -> None:
     """The fed stream (sample ids by stream position) against the callback's updates.
 
     ``batch``: samples per stream batch; ``depth``: the staleness bound in batches; ``per_step``:
@@ -117,9 +157,9 @@ def check_stream(flat: Sequence[int], history: Sequence[dict[str, Any]], *, batc
         # the update reaches every position from its step on, but for at most `depth` batches
         assert consumed <= h["start"] <= consumed + depth * batch, (r, consumed, h["start"])
         end = starts[r + 1] if r + 1 < len(history) else len(flat)
-        assert flat[h["start"]:end], f"round {r} never trained"
+        assert flat[h["start"] : end], f"round {r} never trained"
         if h["start"] + budget <= end:  # a whole pass fits: each selected sample exactly once
-            assert Counter(flat[h["start"]: h["start"] + budget]) == Counter(h["indices"])
+            assert Counter(flat[h["start"] : h["start"] + budget]) == Counter(h["indices"])
     # every position comes from the phase it falls in: the pool before the first update, then the
     # latest selection whose start it has passed
     phases = [set(range(pool))] + [set(h["indices"]) for h in history]

@@ -41,16 +41,40 @@ BUDGET = BS * GA * EVERY
 D_WARMUP, D_EVERY, D_STEPS, WORLD = 3, 2, 9, 2  # the two-process run
 
 
-def run(url: str, out: Path, *, workers: int = 0, save_steps: int | None = None, resume: str | None = None,
-        callbacks: tuple[Any, ...] = (), dataset: Any = None, **cb: Any) -> tuple[NearSelectionCallback, Recorder, Any]:
+def run(
+    url: str,
+    out: Path,
+    *,
+    workers: int = 0,
+    save_steps: int | None = None,
+    resume: str | None = None,
+    callbacks: tuple[Any, ...] = (),
+    dataset: Any = None,
+    **cb: Any,
+) -> tuple[NearSelectionCallback, Recorder, Any]:
     model = tiny_model()
     rec = Recorder(model)
     client = NearClient(url, retry=RetryPolicy(attempts=2, backoff=0.05))
-    kwargs: dict[str, Any] = {"warmup_step": WARMUP, "update_step": EVERY, "update_times": 3, "max_k": 16,
-                              "queries": queries_by_step(WARMUP, EVERY), **cb}
+    kwargs: dict[str, Any] = {
+        "warmup_step": WARMUP,
+        "update_step": EVERY,
+        "update_times": 3,
+        "max_k": 16,
+        "queries": queries_by_step(WARMUP, EVERY),
+        **cb,
+    }
     callback = NearSelectionCallback(client, **kwargs)
-    trainer = make_trainer(model, dataset if dataset is not None else train_dataset(), out, max_steps=STEPS,
-                           bs=BS, ga=GA, workers=workers, save_steps=save_steps, callbacks=callbacks)
+    trainer = make_trainer(
+        model,
+        dataset if dataset is not None else train_dataset(),
+        out,
+        max_steps=STEPS,
+        bs=BS,
+        ga=GA,
+        workers=workers,
+        save_steps=save_steps,
+        callbacks=callbacks,
+    )
     callback.attach(trainer)
     trainer.train(resume_from_checkpoint=resume)
     return callback, rec, trainer
@@ -63,8 +87,9 @@ def ledger_answers(url: str, run_id: str, rounds: list[int]) -> list[list[int] |
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_fed_samples_follow_each_selection(near: Any, tmp_path: Path, workers: int) -> None:
-    callback, rec, trainer = run(near.url, tmp_path / "out", workers=workers, pool_texts=pool_texts(),
-                                 run_id=f"stream-{workers}")
+    callback, rec, trainer = run(
+        near.url, tmp_path / "out", workers=workers, pool_texts=pool_texts(), run_id=f"stream-{workers}"
+    )
     assert trainer.state.global_step == STEPS
     assert [(h["round"], h["step"]) for h in callback.history] == [(0, 6), (1, 8), (2, 10)]
     # warmup: one whole shuffled pass; after each update (past the staleness bound) only its selection
@@ -81,11 +106,12 @@ def test_resume_from_checkpoint_reproduces_selections_and_stream(near: Any, tmp_
     second, rec_b, trainer = run(near.url, out, resume=str(out / "checkpoint-7"))
     assert trainer.state.global_step == STEPS
     assert second.history == first.history  # round 0 from the checkpoint, rounds 1-2 from the ledger
-    assert rec_b.flat == rec_a.flat[7 * BS * GA:]  # the very same samples, in the same order
+    assert rec_b.flat == rec_a.flat[7 * BS * GA :]  # the very same samples, in the same order
 
 
-def test_service_killed_and_restarted_mid_training(service_factory: Any, redis_server: Any, pool_file: Path,
-                                                   tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_service_killed_and_restarted_mid_training(
+    service_factory: Any, redis_server: Any, pool_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     svc = service_factory(candidates=[pool_file], redis_url=redis_server.url)
 
     class Chaos(TrainerCallback):
@@ -114,8 +140,9 @@ def test_pool_mismatch_is_a_clear_error(near: Any, tmp_path: Path) -> None:
 
 def test_not_attached_is_a_clear_error(near: Any, tmp_path: Path) -> None:
     model = tiny_model()
-    callback = NearSelectionCallback(NearClient(near.url), queries=["x"], warmup_step=1, update_step=1,
-                                     update_times=1, max_k=4)
+    callback = NearSelectionCallback(
+        NearClient(near.url), queries=["x"], warmup_step=1, update_step=1, update_times=1, max_k=4
+    )
     trainer = make_trainer(model, train_dataset(), tmp_path, max_steps=2, callbacks=[callback])
     with pytest.raises(RuntimeError, match=r"callback.attach\(trainer\)"):
         trainer.train()
@@ -125,9 +152,27 @@ def test_two_processes_train_on_the_main_process_selection(near: Any, tmp_path: 
     script = Path(__file__).with_name("dist_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
-         str(free_port()), str(script), near.url, str(tmp_path), str(D_WARMUP), str(D_EVERY), str(D_STEPS)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(WORLD),
+            "--master_port",
+            str(free_port()),
+            str(script),
+            near.url,
+            str(tmp_path),
+            str(D_WARMUP),
+            str(D_EVERY),
+            str(D_STEPS),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

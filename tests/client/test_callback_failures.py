@@ -30,8 +30,14 @@ UNAVAILABLE = (503, {"error": {"code": "unavailable", "message": "Redis is down"
 
 def train(fake: FakeNearService, tmp_path: Path, max_steps: int = 6, **cb: Any) -> tuple[NearSelectionCallback, Any]:
     model = tiny_model()
-    kwargs: dict[str, Any] = {"queries": MATH_QUERIES, "warmup_step": 2, "update_step": 2, "update_times": 2,
-                              "max_k": 16, **cb}
+    kwargs: dict[str, Any] = {
+        "queries": MATH_QUERIES,
+        "warmup_step": 2,
+        "update_step": 2,
+        "update_times": 2,
+        "max_k": 16,
+        **cb,
+    }
     callback = NearSelectionCallback(NearClient(fake.url, retry=RetryPolicy(attempts=1)), **kwargs)
     trainer = make_trainer(model, train_dataset(), tmp_path, max_steps=max_steps, bs=2, ga=1)
     callback.attach(trainer)
@@ -39,8 +45,9 @@ def train(fake: FakeNearService, tmp_path: Path, max_steps: int = 6, **cb: Any) 
     return callback, trainer
 
 
-def test_service_failure_keeps_selection_and_retries_next_step(fake: FakeNearService, tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_service_failure_keeps_selection_and_retries_next_step(
+    fake: FakeNearService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.script("/select", UNAVAILABLE, UNAVAILABLE)  # steps 2 and 3 fail, step 4 succeeds
     with caplog.at_level(logging.WARNING, logger="near_client"):
         callback, trainer = train(fake, tmp_path)
@@ -73,8 +80,9 @@ def test_request_carries_run_id_round_and_budget(fake: FakeNearService, tmp_path
     assert len(fake.seen("/info")) == 1  # the pool is checked once, before the first update
 
 
-def test_without_redis_no_ledger_fields_are_sent(fake: FakeNearService, tmp_path: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_without_redis_no_ledger_fields_are_sent(
+    fake: FakeNearService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.redis = "disabled"
     with caplog.at_level(logging.WARNING, logger="near_client"):
         train(fake, tmp_path, max_steps=3)
@@ -95,7 +103,9 @@ def test_highest_loss_queries(fake: FakeNearService, tmp_path: Path) -> None:
     import torch
 
     with torch.no_grad():
-        one_by_one = [float(model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["input_ids"]])).loss)
-                      for f in features]
+        one_by_one = [
+            float(model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["input_ids"]])).loss)
+            for f in features
+        ]
     np.testing.assert_allclose(queries.last_losses, one_by_one, rtol=1e-4)
     assert sent == [texts[i] for i in np.argsort(one_by_one)[::-1][:2]]

@@ -132,7 +132,9 @@ def test_typed_answers_from_the_real_service(near: Any) -> None:
         assert info.pool.fingerprint == fingerprint(pool_texts())  # the client-side fingerprint matches
         answer = client.select(MATH_QUERIES, 5, budget=4, run_id="client-test", round=0)
         assert len(answer.indices) == 2 and len(answer.indices[0]) == 5 and len(answer.selected or []) == 4
-        assert client.select(MATH_QUERIES, 5, budget=4, run_id="client-test", round=0) == answer
+        again = client.select(MATH_QUERIES, 5, budget=4, run_id="client-test", round=0)
+        assert (answer.source, again.source) == ("computed", "stored")
+        assert again.model_copy(update={"source": "computed"}) == answer
         assert [r.round for r in client.runs("client-test").rounds] == [0]
         emb = client.embeddings(["hello", "world"])
         assert isinstance(emb, EmbeddingsResponse) and len(emb.data) == 2

@@ -23,12 +23,23 @@ from near_client import (
 )
 
 
-@pytest.mark.parametrize(("status", "cls"), [
-    (400, BadRequestError), (401, AuthenticationError), (404, NotFoundError), (409, ConflictError),
-    (413, PayloadTooLargeError), (422, BadRequestError), (429, RateLimitedError), (500, ServerError),
-    (502, ServiceUnavailableError), (503, ServiceUnavailableError), (504, ServiceUnavailableError),
-    (418, APIError),
-])
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (404, NotFoundError),
+        (409, ConflictError),
+        (413, PayloadTooLargeError),
+        (422, BadRequestError),
+        (429, RateLimitedError),
+        (500, ServerError),
+        (502, ServiceUnavailableError),
+        (503, ServiceUnavailableError),
+        (504, ServiceUnavailableError),
+        (418, APIError),
+    ],
+)
 def test_status_maps_to_class_with_code_and_message(status: int, cls: type[APIError]) -> None:
     response = httpx.Response(status, json={"error": {"code": "some_code", "message": "what went wrong"}})
     with pytest.raises(cls) as info:

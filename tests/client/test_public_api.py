@@ -9,13 +9,40 @@ import sys
 import near_client
 
 PUBLIC = [
-    "APIError", "AsyncNearClient", "AuthenticationError", "BadRequestError", "ConflictError", "ConnectError",
-    "EmbeddingsRequest", "EmbeddingsResponse", "ErrorBody", "HealthResponse", "HighestLossQueries",
-    "InfoResponse", "InvalidResponseError", "NearClient", "NearClientError", "NearSelectionCallback",
-    "NotFoundError", "PayloadTooLargeError", "PoolInfo", "PoolMismatchError", "RateLimitedError",
-    "ReadyResponse", "RequestTimeoutError", "RetryPolicy", "RunInfo", "SelectRequest", "SelectResponse",
-    "SelectionSampler", "ServerError", "ServiceUnavailableError", "TransportError", "__version__",
-    "fingerprint", "raise_for_status",
+    "APIError",
+    "AsyncNearClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "ConnectError",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
+    "ErrorBody",
+    "HealthResponse",
+    "HighestLossQueries",
+    "InfoResponse",
+    "InvalidResponseError",
+    "NearClient",
+    "NearClientError",
+    "NearSelectionCallback",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PoolInfo",
+    "PoolMismatchError",
+    "RateLimitedError",
+    "ReadyResponse",
+    "RequestTimeoutError",
+    "RetryPolicy",
+    "RunInfo",
+    "SelectRequest",
+    "SelectResponse",
+    "SelectionSampler",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TransportError",
+    "__version__",
+    "fingerprint",
+    "raise_for_status",
 ]
 
 
@@ -26,14 +53,18 @@ def test_public_surface_is_locked() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, json, near_client; near_client.NearClient; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'torch', 'transformers', 'faiss', 'redis', 'near_service', 'sentence_transformers', 'accelerate'})))")
+    code = (
+        "import sys, json, near_client; near_client.NearClient; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'transformers', 'faiss', 'redis', 'near_service', 'sentence_transformers', 'accelerate'})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
 
 
 def test_training_pieces_load_on_first_use() -> None:
-    code = ("import sys, near_client; assert 'transformers' not in sys.modules; "
-            "near_client.NearSelectionCallback; assert 'transformers' in sys.modules")
+    code = (
+        "import sys, near_client; assert 'transformers' not in sys.modules; "
+        "near_client.NearSelectionCallback; assert 'transformers' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

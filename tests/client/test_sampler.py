@@ -49,8 +49,9 @@ def test_state_round_trip_and_bad_input() -> None:
 def test_dataloader_staleness_is_the_prefetch_depth(workers: int) -> None:
     """Workers get index batches from the main process: a switch reaches all but the prefetched ones."""
     sampler = SelectionSampler(64, seed=0)
-    loader = DataLoader(list(range(64)), batch_size=4, sampler=sampler, num_workers=workers,
-                        prefetch_factor=2 if workers else None)
+    loader = DataLoader(
+        list(range(64)), batch_size=4, sampler=sampler, num_workers=workers, prefetch_factor=2 if workers else None
+    )
     it = iter(loader)
     before = [next(it).tolist() for _ in range(3)]
     sampler.switch(range(40, 48), round=0)

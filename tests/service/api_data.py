@@ -16,8 +16,12 @@ def qa_records(n: int, seed: int = 0) -> list[dict[str, str]]:
     for i in range(n):
         a, b = (i * 7 + seed) % 23 + 2, (i * 5 + seed) % 17 + 3
         topic = TOPICS[(i + seed) % len(TOPICS)]
-        out.append({"question": f"A shop has {a} {topic} and gets {b} more. How many {topic} now?",
-                    "answer": f"{a} + {b} = {a + b}. The answer is {a + b}."})
+        out.append(
+            {
+                "question": f"A shop has {a} {topic} and gets {b} more. How many {topic} now?",
+                "answer": f"{a} + {b} = {a + b}. The answer is {a + b}.",
+            }
+        )
     if n > 10:
         out[-1] = dict(out[3])  # one duplicate text: copies must come out together
     return out
@@ -29,11 +33,13 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def query_records() -> list[dict[str, str]]:
-    return [{"question": "How many apples after buying more?", "answer": "Add them up."},
-            {"question": "A train travels between two cities.", "answer": "Use speed times time."},
-            {"question": "What is the area of a rectangle?", "answer": "Multiply the sides."},
-            {"question": "Interest on a savings account", "answer": "Principal times rate."},
-            {"question": "Sort the marbles by colour", "answer": "Count each colour."}]
+    return [
+        {"question": "How many apples after buying more?", "answer": "Add them up."},
+        {"question": "A train travels between two cities.", "answer": "Use speed times time."},
+        {"question": "What is the area of a rectangle?", "answer": "Multiply the sides."},
+        {"question": "Interest on a savings account", "answer": "Principal times rate."},
+        {"question": "Sort the marbles by colour", "answer": "Count each colour."},
+    ]
 
 
 def post_select(url: str, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:

@@ -20,13 +20,25 @@ def svc(module_service_factory: Any, tmp_path_factory: pytest.TempPathFactory) -
     return module_service_factory(candidates=[pool], api_key=KEY, log_level="debug")
 
 
-ROUTES = [("GET", "/ready"), ("GET", "/info"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
-          ("GET", "/runs/x"), ("POST", "/select"), ("POST", "/v1/embeddings"), ("GET", "/no-such-route")]
+ROUTES = [
+    ("GET", "/ready"),
+    ("GET", "/info"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/runs/x"),
+    ("POST", "/select"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/no-such-route"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Bearer {WRONG}"}, {"Authorization": KEY},
-                                     {"Authorization": f"Basic {KEY}"}], ids=["none", "wrong", "no-scheme", "basic"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": f"Bearer {WRONG}"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}],
+    ids=["none", "wrong", "no-scheme", "basic"],
+)
 def test_401_without_the_key(svc: Any, method: str, path: str, headers: dict[str, str]) -> None:
     r = httpx.request(method, f"{svc.url}{path}", headers=headers, json={"queries": ["x"], "max_k": 1})
     assert r.status_code == 401

@@ -63,8 +63,9 @@ def test_redis_killed_and_back(service_factory: Any, redis_server: Any, pool_fil
     assert "Redis is back" in svc.log()
 
 
-def test_restart_with_warm_redis_embeds_nothing(service_factory: Any, redis_server: Any, pool_file: Path,
-                                                tmp_path: Path) -> None:
+def test_restart_with_warm_redis_embeds_nothing(
+    service_factory: Any, redis_server: Any, pool_file: Path, tmp_path: Path
+) -> None:
     first = service_factory(candidates=[pool_file], redis_url=redis_server.url, cache_dir=tmp_path / "c1")
     assert metric(first.url, "near_embedded_texts_total") == UNIQUE
     cold = post_select(first.url, queries=["trains and clocks"], max_k=10, budget=4).json()

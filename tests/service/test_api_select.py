@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from near_service.cli import main as cli_main
-from near_service.records import load_texts
+from near_service.core.records import load_texts
 
 from .api_data import metric, post_select, qa_records, query_records, write_jsonl
 
@@ -20,20 +20,42 @@ from .api_data import metric, post_select, qa_records, query_records, write_json
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
-    return {"pool": write_jsonl(d / "pool.jsonl", qa_records(40)),
-            "queries": write_jsonl(d / "queries.jsonl", query_records()), "dir": d}
+    return {
+        "pool": write_jsonl(d / "pool.jsonl", qa_records(40)),
+        "queries": write_jsonl(d / "queries.jsonl", query_records()),
+        "dir": d,
+    }
 
 
 @pytest.fixture(scope="module")
 def svc(module_service_factory: Any, files: dict[str, Path]) -> Any:
-    return module_service_factory(candidates=[files["pool"]], max_queries=64, max_query_chars=500,
-                                  max_body_bytes=8192, max_k_limit=30, max_queue=4)
+    return module_service_factory(
+        candidates=[files["pool"]],
+        max_queries=64,
+        max_query_chars=500,
+        max_body_bytes=8192,
+        max_k_limit=30,
+        max_queue=4,
+    )
 
 
 def offline(files: dict[str, Path], tmp: Path, *extra: str) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
     out = tmp / "out"
-    rc = cli_main(["offline", "--candidates", str(files["pool"]), "--queries", str(files["queries"]),
-                   "--out-dir", str(out), "--cache-dir", str(tmp / "offline-cache"), "--quiet", *extra])
+    rc = cli_main(
+        [
+            "offline",
+            "--candidates",
+            str(files["pool"]),
+            "--queries",
+            str(files["queries"]),
+            "--out-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp / "offline-cache"),
+            "--quiet",
+            *extra,
+        ]
+    )
     assert rc == 0
     sel = json.loads((out / "selected.json").read_text()) if (out / "selected.json").exists() else None
     return np.load(out / "top_indices.npy"), np.load(out / "top_scores.npy"), sel
@@ -81,8 +103,12 @@ BAD_INPUTS = [
     ("max_k zero", {"json": {"queries": ["x"], "max_k": 0}}, 422, "invalid_input"),
     ("max_k over the limit", {"json": {"queries": ["x"], "max_k": 31}}, 422, "invalid_max_k"),
     ("budget over the reachable", {"json": {"queries": ["x"], "max_k": 3, "budget": 10}}, 422, "budget_too_large"),
-    ("unknown strategy", {"json": {"queries": ["x"], "max_k": 3, "budget": 2, "strategy": "best"}}, 422,
-     "invalid_input"),
+    (
+        "unknown strategy",
+        {"json": {"queries": ["x"], "max_k": 3, "budget": 2, "strategy": "best"}},
+        422,
+        "invalid_input",
+    ),
     ("unknown field", {"json": {"queries": ["x"], "max_k": 3, "top_k": 3}}, 422, "invalid_input"),
     ("round without run_id", {"json": {"queries": ["x"], "max_k": 3, "round": 1}}, 422, "invalid_input"),
     ("queries not a list", {"json": {"queries": "x", "max_k": 3}}, 422, "invalid_input"),
@@ -90,10 +116,16 @@ BAD_INPUTS = [
     ("too many queries", {"json": {"queries": ["q"] * 65, "max_k": 3}}, 413, "too_large"),
     ("query too long", {"json": {"queries": ["x" * 501], "max_k": 3}}, 413, "too_large"),
     ("body too large", {"json": {"queries": ["x" * 400] * 30, "max_k": 3}}, 413, "too_large"),
-    ("body too large, streamed", {"content": iter([b'{"queries": ["' + b"x" * 5000, b"y" * 5000 + b'"]}']),
-                                  "headers": {"content-type": "application/json"}}, 413, "too_large"),
-    ("run_id without Redis", {"json": {"queries": ["x"], "max_k": 3, "run_id": "r", "round": 0}}, 503,
-     "unavailable"),
+    (
+        "body too large, streamed",
+        {
+            "content": iter([b'{"queries": ["' + b"x" * 5000, b"y" * 5000 + b'"]}']),
+            "headers": {"content-type": "application/json"},
+        },
+        413,
+        "too_large",
+    ),
+    ("run_id without Redis", {"json": {"queries": ["x"], "max_k": 3, "run_id": "r", "round": 0}}, 503, "unavailable"),
 ]
 
 
@@ -107,9 +139,14 @@ def test_bad_input_then_good(svc: Any, why: str, kwargs: dict[str, Any], status:
     assert ok.status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path", "status", "code"), [
-    ("GET", "/nope", 404, "not_found"), ("GET", "/select", 405, "method_not_allowed"),
-    ("GET", "/runs/some-run", 503, "unavailable")])
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/select", 405, "method_not_allowed"),
+        ("GET", "/runs/some-run", 503, "unavailable"),
+    ],
+)
 def test_http_errors_are_json(svc: Any, method: str, path: str, status: int, code: str) -> None:
     r = httpx.request(method, f"{svc.url}{path}")
     assert r.status_code == status and r.json()["error"]["code"] == code
@@ -126,6 +163,7 @@ def test_embeddings_openai_compatible(svc: Any) -> None:
     assert body["usage"]["prompt_tokens"] > 0
     b64 = httpx.post(f"{svc.url}/v1/embeddings", json={"input": "hello", "encoding_format": "base64"}).json()
     import base64
+
     v64 = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(v64, np.asarray(body["data"][1]["embedding"], dtype=np.float32), atol=1e-6)
     for bad in ({"input": "x", "model": "other-model"}, {"input": "x", "dimensions": 17}, {"input": []}):

@@ -16,27 +16,32 @@ from .api_data import free_port_here, qa_records, write_jsonl
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--candidates", "/nonexistent/pool.jsonl"], "candidate file(s) not found: /nonexistent/pool.jsonl"),
-    ([], "no candidate pool"),
-    (["--candidates", "x.jsonl", "--max-k-limit", "0"], "max_k_limit"),
-    (["--candidates", "x.jsonl", "--template", "{unclosed"], "template"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--candidates", "/nonexistent/pool.jsonl"], "candidate file(s) not found: /nonexistent/pool.jsonl"),
+        ([], "no candidate pool"),
+        (["--candidates", "x.jsonl", "--max-k-limit", "0"], "max_k_limit"),
+        (["--candidates", "x.jsonl", "--template", "{unclosed"], "template"),
+    ],
+)
 def test_serve_bad_settings_exit_2_before_the_model_loads(flags: list[str], message: str) -> None:
-    r = run(["-m", "near_service.cli", "serve", "--port", str(free_port_here()), *flags],
-            env={"NEAR_CANDIDATES": "[]"})
+    r = run(["-m", "near_service.cli", "serve", "--port", str(free_port_here()), *flags], env={"NEAR_CANDIDATES": "[]"})
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Loading" not in r.stderr and "Uvicorn running" not in r.stderr
 
 
 def test_uvicorn_factory_with_missing_pool_fails(tmp_path: Path) -> None:
-    r = run(["-m", "uvicorn", "near_service.app:create_app", "--factory", "--port", str(free_port_here())],
-            env={"NEAR_CANDIDATES": '["/nonexistent/pool.jsonl"]'})
+    r = run(
+        ["-m", "uvicorn", "near_service.server.app:create_app", "--factory", "--port", str(free_port_here())],
+        env={"NEAR_CANDIDATES": '["/nonexistent/pool.jsonl"]'},
+    )
     assert r.returncode != 0
     assert "candidate file(s) not found: /nonexistent/pool.jsonl" in r.stderr
 
@@ -74,10 +79,23 @@ def test_serve_command_serves(tmp_path: Path) -> None:
 
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_records(12))
     port = free_port_here()
-    proc = subprocess.Popen([sys.executable, "-m", "near_service.cli", "serve", "--candidates", str(pool),
-                             "--port", str(port), "--cache-dir", str(tmp_path / "cache")],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "near_service.cli",
+            "serve",
+            "--candidates",
+            str(pool),
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

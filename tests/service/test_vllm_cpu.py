@@ -22,9 +22,30 @@ pytestmark = [
 
 def offline(tmp_path: Path, backend: str, pool: Path, queries: Path) -> Path:
     out = tmp_path / backend
-    cmd = [sys.executable, "-m", "near_service.cli", "offline", "--candidates", str(pool), "--queries",
-           str(queries), "--out-dir", str(out), "--backend", backend, "--dtype", "float32", "--device", "cpu",
-           "--max-k", "10", "--save-embeddings", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "near_service.cli",
+        "offline",
+        "--candidates",
+        str(pool),
+        "--queries",
+        str(queries),
+        "--out-dir",
+        str(out),
+        "--backend",
+        backend,
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--max-k",
+        "10",
+        "--save-embeddings",
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,0 +1,174 @@
+"""The wire contract of NEAR Select, written once: request and response models, the names both
+sides agree on (strategies, statuses) and the pool fingerprint.
+
+Both sides import this package and nothing else of each other: the service for its
+``response_model``s and validation, the client to build requests and parse answers. It needs only
+pydantic, so importing it stays cheap.
+
+>>> SelectRequest(queries=["What is 2 + 2?"], max_k=10).strategy
+'round_robin'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["round_robin", "max_score"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+LoadStatus = Literal["ready", "loading", "failed"]
+RedisStatus = Literal["ok", "degraded", "disabled"]
+ResultSource = Literal["computed", "stored"]
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
+
+
+def fingerprint(texts: Sequence[str]) -> str:
+    """A stable fingerprint of an ordered list of texts (16 hex digits of a SHA-256).
+
+    The service reports it for its candidate pool in every ``/select`` answer and in ``/info``, so a
+    training job can check that the service holds its dataset.
+
+    >>> fingerprint(["a", "b"]) == fingerprint(["a", "b"]) != fingerprint(["b", "a"])
+    True
+    """
+    h = hashlib.sha256()
+    h.update(str(len(texts)).encode())
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SelectRequest(_Model):
+    """``POST /select``: find each query's ``max_k`` nearest candidates, optionally pick ``budget``."""
+
+    queries: list[str] = Field(min_length=1, description="Query (target/validation) texts.")
+    max_k: int = Field(ge=1, description="Neighbours per query; at most the pool size.")
+    budget: int | None = Field(None, ge=1, description="Also return this many unique candidates.")
+    strategy: Strategy = Field("round_robin", description="How the budget is filled.")
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run for the ledger.")
+    round: int | None = Field(None, ge=0, description="Update round within the run.")
+    exclude_previous: bool = Field(False, description="Leave out candidates selected in earlier rounds.")
+
+    @model_validator(mode="after")
+    def _ledger_fields(self) -> SelectRequest:
+        if (self.run_id is None) != (self.round is None):
+            raise ValueError("run_id and round go together: give both or neither")
+        if self.exclude_previous and self.run_id is None:
+            raise ValueError("exclude_previous needs run_id and round")
+        if self.exclude_previous and self.budget is None:
+            raise ValueError("exclude_previous needs a budget")
+        return self
+
+
+class PoolInfo(BaseModel):
+    size: int
+    fingerprint: str
+    model: str
+
+
+class SelectResponse(BaseModel):
+    indices: list[list[int]] = Field(description="Per query, max_k candidate indices, nearest first.")
+    scores: list[list[float]] = Field(description="Cosine similarities matching indices.")
+    selected: list[int] | None = Field(None, description="The budget's unique candidates, or null.")
+    source: ResultSource = Field(
+        "computed",
+        description="computed for this request, or stored: read back "
+        "from the run ledger (the same (run_id, round) asked before).",
+    )
+    pool: PoolInfo
+
+
+class InfoResponse(BaseModel):
+    version: str
+    model: str
+    revision: str
+    backend: str
+    device: str
+    dtype: str
+    dim: int
+    max_length: int
+    pooling: str
+    query_prompt: str
+    index: str
+    pool: PoolInfo
+    redis: RedisStatus
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class ReadyResponse(BaseModel):
+    status: LoadStatus
+    progress: Progress | None = None
+    redis: RedisStatus
+    message: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class RunRound(BaseModel):
+    round: int
+    selected: int = Field(description="How many candidates the round selected.")
+    max_k: int
+    strategy: Strategy
+    created_at: float = Field(description="Unix time the round was first stored.")
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    pool: PoolInfo
+    rounds: list[RunRound]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the service sends: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+class EmbeddingsRequest(BaseModel):
+    """``POST /v1/embeddings`` (OpenAI-compatible; unknown OpenAI fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="Text or texts to embed (as documents).")
+    model: str | None = Field(None, description="Ignored beyond a check: the service has one model.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage

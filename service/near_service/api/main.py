@@ -1,7 +1,0 @@
-"""Every router of the service, in the order the OpenAPI docs list them."""
-
-from fastapi import APIRouter
-
-from . import embeddings, health, metrics, runs, select
-
-routers: list[APIRouter] = [select.router, runs.router, embeddings.router, health.router, metrics.router]

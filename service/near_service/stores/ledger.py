@@ -1,0 +1,156 @@
+"""The run ledger: every ``/select`` with ``run_id`` and ``round`` is stored in Redis, once.
+
+Asking for a stored (run_id, round) again returns the stored result byte for byte, so a restarted
+or resumed trainer gets the same data. Asking for it with *different* parameters is a
+:class:`ConflictError` (409): the ledger never silently answers a question that was not asked.
+``exclude_previous`` leaves out what the run's earlier rounds (``< round``) selected.
+
+Keys carry a scope that hashes the pool fingerprint, the embedder namespace (model, revision,
+backend, dtype, max length, pooling), the query prompt and the index settings, so a service with
+a different pool or model never reads another's rounds:
+
+    near:run:<scope>:<run_id>:meta   hash  round -> JSON {params, created_at, selected, shape}
+    near:run:<scope>:<run_id>:data   hash  round -> int32 indices + float32 scores (row-major)
+
+Every Redis error becomes an :class:`UnavailableError` (503): no silently forgotten round.
+
+>>> ledger = Ledger(redis_client, scope="3f2a...")                           # doctest: +SKIP
+>>> ledger.get("run-1", 0) is None                                           # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from near_service.core.errors import ConflictError, NotFoundError, UnavailableError
+from near_service.core.pool import SelectResult
+
+# Store both halves of a round only if the round is new; returns 1 if stored, 0 if it already existed.
+_PUT_IF_ABSENT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def ledger_scope(*parts: object) -> str:
+    """A short hash of everything that decides a round's answer besides the request."""
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:20]
+
+
+@dataclass
+class StoredRound:
+    """A round as the ledger holds it: what was asked (``params``), when, and the answer."""
+
+    round: int
+    params: dict[str, Any]
+    created_at: float
+    result: SelectResult
+
+    def check_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """ConflictError naming what differs when this round is asked again with other parameters."""
+        diffs = [
+            f"{k}: stored {self.params.get(k)!r}, asked {v!r}" for k, v in params.items() if self.params.get(k) != v
+        ]
+        if diffs:
+            raise ConflictError(
+                f"run {run_id!r} round {self.round} is already stored with different "
+                f"parameters ({'; '.join(diffs)}); ask for a new round or a new run_id"
+            )
+
+
+class Ledger:
+    """Rounds of training runs in Redis. Blocking calls: the service runs them in a worker thread."""
+
+    def __init__(self, client: Any, scope: str, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.client, self.scope, self._on_error = client, scope, on_error
+        self._put_script = client.register_script(_PUT_IF_ABSENT)
+
+    def _keys(self, run_id: str) -> tuple[str, str]:
+        base = f"near:run:{self.scope}:{run_id}"
+        return base + ":meta", base + ":data"
+
+    def _fail(self, exc: BaseException) -> UnavailableError:
+        if self._on_error is not None:
+            self._on_error(exc)
+        return UnavailableError(
+            f"the run ledger needs Redis, which is unavailable ({type(exc).__name__}); "
+            "retry later, or leave out run_id to select without the ledger"
+        )
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # any Redis or socket error: the ledger cannot be trusted now
+            raise self._fail(exc) from exc
+
+    def get(self, run_id: str, round_: int) -> StoredRound | None:
+        meta_key, data_key = self._keys(run_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(meta_key, str(round_))
+        pipe.hget(data_key, str(round_))
+        meta, data = self._call(pipe.execute)
+        if meta is None or data is None:
+            return None
+        m = json.loads(meta)
+        q, k = m["shape"]
+        indices = np.frombuffer(data, dtype="<i4", count=q * k).reshape(q, k).astype(np.int64)
+        scores = np.frombuffer(data, dtype="<f4", offset=4 * q * k).reshape(q, k).copy()
+        selected = None if m["selected"] is None else np.asarray(m["selected"], dtype=np.int64)
+        return StoredRound(round_, m["params"], m["created_at"], SelectResult(indices, scores, selected, "stored"))
+
+    def previous_selected(self, run_id: str, round_: int) -> list[int]:
+        """Candidates selected in the run's rounds before ``round_``, in round order."""
+        meta_key, _ = self._keys(run_id)
+        metas = self._call(lambda: self.client.hgetall(meta_key))
+        out: list[int] = []
+        for r, raw in sorted(((int(r), raw) for r, raw in metas.items()), key=lambda x: x[0]):
+            if r < round_:
+                out.extend(json.loads(raw)["selected"] or [])
+        return out
+
+    def put(self, run_id: str, round_: int, params: dict[str, Any], result: SelectResult) -> StoredRound:
+        """Store a new round; if another request stored it first, return that one instead."""
+        meta_key, data_key = self._keys(run_id)
+        created = time.time()
+        selected = None if result.selected is None else [int(i) for i in result.selected]
+        meta = json.dumps(
+            {"params": params, "created_at": created, "selected": selected, "shape": list(result.indices.shape)}
+        )
+        data = result.indices.astype("<i4").tobytes() + result.scores.astype("<f4").tobytes()
+        stored = self._call(lambda: self._put_script(keys=[meta_key, data_key], args=[str(round_), meta, data]))
+        if not stored:
+            existing = self.get(run_id, round_)
+            if existing is None:  # pragma: no cover - stored, then deleted under us
+                raise UnavailableError(f"run {run_id!r} round {round_} vanished from the ledger; retry")
+            return existing
+        return StoredRound(round_, params, created, result)
+
+    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's rounds in order (NotFoundError if it has none)."""
+        meta_key, _ = self._keys(run_id)
+        metas = self._call(lambda: self.client.hgetall(meta_key))
+        if not metas:
+            raise NotFoundError(f"no run {run_id!r} in the ledger for this pool and model")
+        out = []
+        for r, raw in sorted(((int(r), raw) for r, raw in metas.items()), key=lambda x: x[0]):
+            m = json.loads(raw)
+            out.append(
+                {
+                    "round": r,
+                    "selected": len(m["selected"] or []),
+                    "max_k": m["params"]["max_k"],
+                    "strategy": m["params"]["strategy"],
+                    "created_at": m["created_at"],
+                }
+            )
+        return out
