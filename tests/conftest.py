@@ -9,8 +9,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from near_service.server.state import ServiceState
+    from tests.fakes import FakeEmbedder
 
 
 def free_port() -> int:
@@ -156,7 +164,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _service_factory(tmp_path: Path) -> Iterator[object]:
+def _service_factory(tmp_path: Path) -> Iterator[ServiceFactory]:
     import json
 
     started: list[ServiceProcess] = []
@@ -182,7 +190,7 @@ def _service_factory(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def service_factory(tmp_path: Path) -> Iterator[object]:
+def service_factory(tmp_path: Path) -> Iterator[ServiceFactory]:
     """``service_factory(**settings) -> ServiceProcess`` (started); every one is stopped at teardown.
 
     Settings are Settings field names, e.g. ``service_factory(candidates=[path], redis_url=url)``.
@@ -191,6 +199,67 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def module_service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def module_service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceFactory]:
     """Like ``service_factory``, but its services live for the whole test module (start them once)."""
     yield from _service_factory(tmp_path_factory.mktemp("services"))
+
+
+class ServiceFactory(Protocol):
+    """``factory(start=True, **settings) -> ServiceProcess``: settings are Settings field names."""
+
+    def __call__(self, start: bool = True, **settings: object) -> ServiceProcess: ...
+
+
+@dataclass
+class InProcessService:
+    """The real app (routes, middleware, Selector, stores) in this process, through Starlette's
+    TestClient, with :class:`tests.fakes.FakeEmbedder` as its model: no subprocess, no weights."""
+
+    client: TestClient
+    app: FastAPI
+    embedder: FakeEmbedder
+
+    @property
+    def state(self) -> ServiceState:
+        state: ServiceState = self.app.state.near
+        return state
+
+
+class InProcessFactory(Protocol):
+    """``factory(pool_records=None, **settings) -> InProcessService`` (ready: the pool is indexed)."""
+
+    def __call__(self, pool_records: list[dict[str, str]] | None = None, **settings: object) -> InProcessService: ...
+
+
+@pytest.fixture
+def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
+    """Build in-process services; each is shut down (lifespan exit) at teardown."""
+    from fastapi.testclient import TestClient
+
+    from near_service.core.settings import load_settings
+    from near_service.server.app import create_app
+    from tests.fakes import FakeEmbedder
+    from tests.service.api_data import qa_records, write_jsonl
+
+    opened: list[TestClient] = []
+
+    def make(pool_records: list[dict[str, str]] | None = None, **settings: object) -> InProcessService:
+        pool = write_jsonl(tmp_path / f"pool{len(opened)}.jsonl", pool_records or qa_records(40))
+        settings.setdefault("cache_dir", "")
+        app = create_app(load_settings(candidates=[pool], **settings), embedder=FakeEmbedder())
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()  # runs the lifespan
+        opened.append(client)
+        service = InProcessService(client, app, app.state.embedder)
+        headers = {"Authorization": f"Bearer {settings['api_key']}"} if settings.get("api_key") else {}
+        deadline = time.monotonic() + 30
+        while client.get("/ready", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready", headers=headers).text
+            time.sleep(0.01)
+        return service
+
+    try:
+        yield make
+    finally:
+        for client in opened:
+            client.__exit__(None, None, None)
