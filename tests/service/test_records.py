@@ -151,3 +151,20 @@ def test_empty_set(tmp_path: Path) -> None:
 def test_malformed_chat(tmp_path: Path) -> None:
     with pytest.raises(RecordError, match=r"messages\[0\] must be an object with 'role' and 'content'"):
         render_records([{"messages": [{"text": "hi"}]}])
+
+
+def test_unreadable_inputs_say_what_is_expected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    csv = tmp_path / "queries.csv"
+    csv.write_text("question,answer\nWhat is 2+2?,4\n")
+    with pytest.raises(RecordError, match=r"line 1 is not valid JSON .*'question,answer'.*Expected JSON Lines"):
+        load_records(csv)
+    strings = tmp_path / "queries.json"
+    strings.write_text(json.dumps(["What is 2+2?", "Name a prime."]))
+    with pytest.raises(RecordError, match=r"row 0 is str .*question/answer.*\{\"text\": \"\.\.\.\"\}"):
+        load_records(strings)
+    from near_service.core.errors import ConfigError
+    from near_service.core.settings import load_settings
+
+    monkeypatch.setenv("NEAR_CANDIDATES", "pool.jsonl")
+    with pytest.raises(ConfigError, match=r"NEAR_CANDIDATES must be JSON \(a list: NEAR_CANDIDATES='\[\"pool"):
+        load_settings()

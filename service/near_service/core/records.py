@@ -37,6 +37,10 @@ __all__ = ["fingerprint", "load_records", "load_texts", "record_shape", "render_
 
 Record = dict[str, Any]
 NAMED_TEMPLATES = ("default", "dataflex", "prompt")
+ACCEPTED_FIELDS = (
+    "instruction/input/output (alpaca), question/answer or prompt/response (qa), text, "
+    "messages (chat) or conversations (sharegpt)"
+)
 _QA_PAIRS = (("question", "answer"), ("prompt", "response"), ("prompt", "completion"))
 _ROLE_NAMES = {
     "human": "user",
@@ -95,7 +99,11 @@ def _parse_jsonl(raw: str, p: Path) -> list[Record]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise RecordError(f"{p}: line {lineno} is not valid JSON ({exc.msg})") from exc
+            raise RecordError(
+                f"{p}: line {lineno} is not valid JSON ({exc.msg}): {line[:60]!r}. Expected JSON Lines (one "
+                f'object per line, e.g. {{"text": "..."}}), a JSON list of objects, parquet, or a '
+                "datasets.save_to_disk folder; CSV and plain text are not read"
+            ) from exc
     return _check_objects(rows, p)
 
 
@@ -120,7 +128,10 @@ def _load_dataset_dir(p: Path) -> list[Record]:
 def _check_objects(rows: Sequence[Any], p: Path) -> list[Record]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise RecordError(f"{p}: row {i} is {type(row).__name__}, expected an object with fields")
+            raise RecordError(
+                f"{p}: row {i} is {type(row).__name__} ({str(row)[:40]!r}), expected an object with fields: "
+                f'{ACCEPTED_FIELDS} (for plain strings write {{"text": "..."}} per row)'
+            )
     return list(rows)
 
 
