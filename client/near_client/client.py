@@ -9,13 +9,16 @@
 Every call has explicit timeouts and retries with exponential backoff and jitter on connection
 errors, timeouts, 429 (waiting at least the service's ``Retry-After``) and 502/503/504. Every
 endpoint is idempotent (a ``/select`` with ``run_id`` and ``round`` returns the stored result), so
-retrying is always safe. Failures end in the tree of :mod:`near_client.errors`.
+retrying is always safe; but a POST that timed out *reading* the answer is not retried by default
+(``RetryPolicy.retry_read_timeouts``): the service was busy with it, and asking again would only
+add the same work to a loaded service. Failures end in the tree of :mod:`near_client.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import random
 import time
 from collections.abc import Sequence
@@ -65,7 +68,8 @@ class RetryPolicy:
 
     The n-th retry waits ``min(max_backoff, backoff * 2**n)`` plus up to ``jitter`` of that again,
     and never less than the service's ``Retry-After`` (capped at ``max_retry_after``).
-    ``RetryPolicy(attempts=1)`` disables retries.
+    ``RetryPolicy(attempts=1)`` disables retries. A POST (``/select``, ``/v1/embeddings``) whose
+    answer timed out is retried only with ``retry_read_timeouts=True``.
     """
 
     attempts: int = 5
@@ -73,6 +77,7 @@ class RetryPolicy:
     max_backoff: float = 30.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
+    retry_read_timeouts: bool = False
 
     def delay(self, attempt: int, error: NearClientError) -> float | None:
         """Seconds to wait before retrying after the ``attempt``-th failure (0-based), or None."""
@@ -149,14 +154,14 @@ class _Base:
         round: int | None,
         exclude_previous: bool,
     ) -> dict[str, Any]:
-        request = SelectRequest(
+        request = SelectRequest(  # the schema is strict: numpy integers become ints here, "5" is refused
             queries=list(queries),
-            max_k=max_k,
-            budget=budget,
+            max_k=operator.index(max_k),
+            budget=None if budget is None else operator.index(budget),
             strategy=strategy,
             run_id=run_id,
-            round=round,
-            exclude_previous=exclude_previous,
+            round=None if round is None else operator.index(round),
+            exclude_previous=bool(exclude_previous),
         )
         return request.model_dump(mode="json")
 
@@ -229,6 +234,8 @@ class NearClient(_Base):
                 return response
             except httpx.TransportError as exc:
                 error = _transport_error(exc, self.base_url + path)
+                if method == "POST" and isinstance(exc, httpx.ReadTimeout) and not self.retry.retry_read_timeouts:
+                    retry = False  # the service was working on it: asking again adds load, not speed
             except APIError as exc:
                 error = exc
             wait = self.retry.delay(attempt, error) if retry else None
@@ -346,6 +353,8 @@ class AsyncNearClient(_Base):
                 return response
             except httpx.TransportError as exc:
                 error = _transport_error(exc, self.base_url + path)
+                if method == "POST" and isinstance(exc, httpx.ReadTimeout) and not self.retry.retry_read_timeouts:
+                    retry = False  # the service was working on it: asking again adds load, not speed
             except APIError as exc:
                 error = exc
             wait = self.retry.delay(attempt, error) if retry else None

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Strategy = Literal["round_robin", "max_score"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -43,19 +43,46 @@ def fingerprint(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _utf8(text: str) -> str:
+    """Refuse a text that cannot be sent on as UTF-8 (a lone surrogate such as ``"\\ud800"`` in JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode: a lone surrogate {text[exc.start]!r} at character {exc.start}"
+        ) from None
+    return text
+
+
+#: A text both sides can encode as UTF-8 (JSON allows lone surrogates like ``"\\ud800"``; UTF-8 does not).
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "5" is not an int, 0 is not a bool (JSON types are checked as sent)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SelectRequest(_Model):
     """``POST /select``: find each query's ``max_k`` nearest candidates, optionally pick ``budget``."""
 
-    queries: list[str] = Field(min_length=1, description="Query (target/validation) texts.")
+    # the cross-field rules of _ledger_fields, in the OpenAPI schema too (JSON Schema 2020-12)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "dependentRequired": {"run_id": ["round"], "round": ["run_id"]},
+            "if": {"properties": {"exclude_previous": {"const": True}}, "required": ["exclude_previous"]},
+            "then": {"required": ["run_id", "round", "budget"]},
+        },
+    )
+
+    queries: list[Text] = Field(min_length=1, description="Query (target/validation) texts.")
     max_k: int = Field(ge=1, description="Neighbours per query; at most the pool size.")
     budget: int | None = Field(None, ge=1, description="Also return this many unique candidates.")
     strategy: Strategy = Field("round_robin", description="How the budget is filled.")
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run for the ledger.")
-    round: int | None = Field(None, ge=0, description="Update round within the run.")
+    round: int | None = Field(None, ge=0, le=100_000, description="Update round within the run.")
     exclude_previous: bool = Field(False, description="Leave out candidates selected in earlier rounds.")
 
     @model_validator(mode="after")
@@ -73,6 +100,21 @@ class PoolInfo(BaseModel):
     size: int
     fingerprint: str
     model: str
+
+
+class MemoryPlanInfo(BaseModel):
+    """Where search runs and the memory it holds there, as planned (and checked) before ready."""
+
+    device: str = Field(description="'cpu', or the CUDA device holding the pool.")
+    storage: str = Field(description="float32 or float16: how the pool is held on the device.")
+    pool_bytes: int = Field(description="The pool's vectors on the search device (host RAM on the CPU).")
+    workspace_bytes: int = Field(description="One search at max_k_limit over a block of queries (estimated).")
+    block_bytes: int = Field(description="One score block, as bounded by the plan.")
+    query_block: int = Field(description="Queries per block.")
+    free_bytes: int | None = Field(None, description="Free on the device after the model loaded, before the pool.")
+    total_bytes: int | None = Field(None, description="The card's memory, where known.")
+    vllm_gpu_memory_utilization: float | None = Field(None, description="vLLM's share of the GPU (vLLM only).")
+    peak_bytes: int | None = Field(None, description="Measured peak over the warm-up search, pool included (CUDA).")
 
 
 class SelectResponse(BaseModel):
@@ -101,6 +143,7 @@ class InfoResponse(BaseModel):
     index: str
     pool: PoolInfo
     redis: RedisStatus
+    memory: MemoryPlanInfo | None = None
 
 
 class Progress(BaseModel):
@@ -147,9 +190,11 @@ class ErrorBody(BaseModel):
 class EmbeddingsRequest(BaseModel):
     """``POST /v1/embeddings`` (OpenAI-compatible; unknown OpenAI fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    input: str | list[str] = Field(description="Text or texts to embed (as documents).")
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="Text or texts to embed (as documents)."
+    )
     model: str | None = Field(None, description="Ignored beyond a check: the service has one model.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

@@ -1,12 +1,13 @@
-"""Client test fixtures: the tiny pool file, a real service over it, and the scripted fake service."""
+"""Client test fixtures: the tiny pool file, a real service over it, and the scripted fake service
+(an ``httpx.MockTransport``: no server)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.conftest import RedisServer, ServiceFactory, ServiceProcess
 
 from .fake_service import FakeNearService
 from .kit import pool_texts, write_pool
@@ -18,16 +19,11 @@ def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def near(module_service_factory: Any, module_redis_server: Any, pool_file: Path) -> Any:
+def near(module_service_factory: ServiceFactory, module_redis_server: RedisServer, pool_file: Path) -> ServiceProcess:
     """A real service (packaged MiniLM, real Redis) over the 48-sample pool, shared by a module."""
     return module_service_factory(candidates=[pool_file], redis_url=module_redis_server.url)
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeNearService]:
-    server = FakeNearService()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fake() -> FakeNearService:
+    return FakeNearService()

@@ -13,18 +13,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.client.kit
 
-from near_client import NearClient, NearSelectionCallback, RetryPolicy
+from near_client import InfoResponse, NearClient, NearSelectionCallback, RetryPolicy, SelectResponse
 from tests.client.kit import Recorder, make_trainer, queries_by_step, tiny_model, train_dataset
 
 
 class CountingClient(NearClient):
     calls = 0
 
-    def select(self, *args: Any, **kwargs: Any) -> Any:
+    def select(self, *args: Any, **kwargs: Any) -> SelectResponse:
         CountingClient.calls += 1
         return super().select(*args, **kwargs)
 
-    def info(self) -> Any:
+    def info(self) -> InfoResponse:
         CountingClient.calls += 1
         return super().info()
 

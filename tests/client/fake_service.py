@@ -1,28 +1,27 @@
 """FakeNearService: a scripted stand-in for the NEAR service, for what the real one cannot be made
-to do on cue (answer 429 with a given Retry-After, 503 twice then 200, an unexpected status).
+to do on cue (answer 429 with a given Retry-After, 503 twice then 200, refuse connections for a while).
 
-It is a real HTTP server (Starlette under uvicorn, in a thread, on a free port). Each path answers
-the responses scripted for it first, in order, then a valid default answer. Every request is
+It is no server: an ``httpx.MockTransport`` handler that the clients it makes
+(:meth:`FakeNearService.client`, :meth:`FakeNearService.async_client`) send their requests to, so the
+client's retry logic runs on real ``httpx`` requests and responses without a socket. Each path
+answers the responses scripted for it first, in order, then a valid default answer. Every request is
 recorded. Tests against the real service use the ``near`` / ``service_factory`` fixtures instead.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from tests.conftest import free_port
+from near_client import AsyncNearClient, NearClient
+
+Answer = tuple[int, Any] | tuple[int, Any, dict[str, str]]
 
 
 @dataclass
@@ -37,21 +36,25 @@ class Seen:
 class FakeNearService:
     """A fake NEAR service with scripted answers (see module docstring)."""
 
+    url = "http://near.test"
+
     def __init__(self, pool_size: int = 48, fingerprint: str = "fake0fingerprint") -> None:
         self.pool = {"size": pool_size, "fingerprint": fingerprint, "model": "fake-model"}
         self.redis = "ok"
-        self.port = free_port()
         self.requests: list[Seen] = []
+        self.down_until = 0.0  # time.monotonic() before which every connection is refused
         self._script: dict[str, list[tuple[int, Any, dict[str, str]]]] = defaultdict(list)
-        app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread: threading.Thread | None = None
+        self.transport = httpx.MockTransport(self._handle)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def client(self, **kwargs: Any) -> NearClient:
+        """A :class:`NearClient` (``kwargs``: its options) whose requests this fake answers."""
+        return NearClient(self.url, transport=self.transport, **kwargs)
 
-    def script(self, path: str, *answers: tuple[int, Any] | tuple[int, Any, dict[str, str]]) -> None:
+    def async_client(self, **kwargs: Any) -> AsyncNearClient:
+        """An :class:`AsyncNearClient` (``kwargs``: its options) whose requests this fake answers."""
+        return AsyncNearClient(self.url, transport=self.transport, **kwargs)
+
+    def script(self, path: str, *answers: Answer) -> None:
         """Queue answers ``(status, json_body[, headers])`` for ``path`` (e.g. "/select")."""
         for a in answers:
             self._script[path].append((a[0], a[1], a[2] if len(a) > 2 else {}))  # type: ignore[misc]
@@ -59,31 +62,19 @@ class FakeNearService:
     def seen(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.path == path]
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake service did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    async def _handle(self, request: Request) -> Response:
-        path = "/" + request.path_params["path"]
-        raw = await request.body()
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        if time.monotonic() < self.down_until:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        path = request.url.path
+        raw = request.read()
         body = json.loads(raw) if raw else None
         self.requests.append(Seen(request.method, path, body, time.monotonic(), dict(request.headers)))
         if self._script[path]:
             status, payload, headers = self._script[path].pop(0)
             if isinstance(payload, str):
-                return Response(payload, status_code=status, headers=headers, media_type="text/html")
-            return JSONResponse(payload, status_code=status, headers=headers)
-        return JSONResponse(self._default(request.method, path, body))
+                return httpx.Response(status, text=payload, headers={"content-type": "text/html", **headers})
+            return httpx.Response(status, json=payload, headers=headers)
+        return httpx.Response(200, json=self._default(request.method, path, body))
 
     def _default(self, method: str, path: str, body: Any) -> Any:
         if path == "/health":

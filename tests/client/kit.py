@@ -9,9 +9,12 @@ from __future__ import annotations
 import bisect
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, Trainer
 
 ID0, VOCAB, SEQ = 60, 128, 8
 POOL_SIZE = 48
@@ -32,7 +35,7 @@ TOPIC_QUERIES = [
 ]
 
 
-def queries_by_step(warmup: int, every: int) -> Any:
+def queries_by_step(warmup: int, every: int) -> Callable[[Any, Any], list[str]]:
     """A query callable whose texts change each round (so that every selection differs)."""
 
     def queries(model: Any, state: Any) -> list[str]:
@@ -63,7 +66,7 @@ def train_dataset(n: int = POOL_SIZE) -> list[dict[str, list[int]]]:
     return rows
 
 
-def tiny_model(seed: int = 0) -> Any:
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -107,7 +110,7 @@ def make_trainer(
     workers: int = 0,
     save_steps: int | None = None,
     callbacks: Sequence[Any] = (),
-) -> Any:
+) -> Trainer:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     args = TrainingArguments(

@@ -22,7 +22,7 @@ import pytest
 from transformers import TrainerCallback
 
 from near_client import NearClient, NearSelectionCallback, PoolMismatchError, RetryPolicy
-from tests.conftest import free_port
+from tests.conftest import RedisServer, ServiceFactory, ServiceProcess, free_port
 
 from .kit import (
     POOL_SIZE,
@@ -76,7 +76,10 @@ def run(
         callbacks=callbacks,
     )
     callback.attach(trainer)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        client.close()
     return callback, rec, trainer
 
 
@@ -86,7 +89,7 @@ def ledger_answers(url: str, run_id: str, rounds: list[int]) -> list[list[int] |
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_fed_samples_follow_each_selection(near: Any, tmp_path: Path, workers: int) -> None:
+def test_fed_samples_follow_each_selection(near: ServiceProcess, tmp_path: Path, workers: int) -> None:
     callback, rec, trainer = run(
         near.url, tmp_path / "out", workers=workers, pool_texts=pool_texts(), run_id=f"stream-{workers}"
     )
@@ -99,7 +102,7 @@ def test_fed_samples_follow_each_selection(near: Any, tmp_path: Path, workers: i
     assert ledger_answers(near.url, f"stream-{workers}", [0, 1, 2]) == [h["indices"] for h in callback.history]
 
 
-def test_resume_from_checkpoint_reproduces_selections_and_stream(near: Any, tmp_path: Path) -> None:
+def test_resume_from_checkpoint_reproduces_selections_and_stream(near: ServiceProcess, tmp_path: Path) -> None:
     out = tmp_path / "out"  # run_id comes from the output dir: the same for both runs
     first, rec_a, _ = run(near.url, out, save_steps=7)
     assert (out / "checkpoint-7" / "near_selection.json").is_file()
@@ -110,7 +113,11 @@ def test_resume_from_checkpoint_reproduces_selections_and_stream(near: Any, tmp_
 
 
 def test_service_killed_and_restarted_mid_training(
-    service_factory: Any, redis_server: Any, pool_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    service_factory: ServiceFactory,
+    redis_server: RedisServer,
+    pool_file: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     svc = service_factory(candidates=[pool_file], redis_url=redis_server.url)
 
@@ -129,7 +136,7 @@ def test_service_killed_and_restarted_mid_training(
     check_stream(rec.flat, callback.history, batch=BS, depth=1, budget=BUDGET, per_step=BS * GA)
 
 
-def test_pool_mismatch_is_a_clear_error(near: Any, tmp_path: Path) -> None:
+def test_pool_mismatch_is_a_clear_error(near: ServiceProcess, tmp_path: Path) -> None:
     with pytest.raises(PoolMismatchError, match=f"has {POOL_SIZE} samples but the training dataset has 47"):
         run(near.url, tmp_path / "a", dataset=train_dataset(47))
     wrong = pool_texts()
@@ -138,17 +145,16 @@ def test_pool_mismatch_is_a_clear_error(near: Any, tmp_path: Path) -> None:
         run(near.url, tmp_path / "b", pool_texts=wrong)
 
 
-def test_not_attached_is_a_clear_error(near: Any, tmp_path: Path) -> None:
+def test_not_attached_is_a_clear_error(near: ServiceProcess, tmp_path: Path) -> None:
     model = tiny_model()
-    callback = NearSelectionCallback(
-        NearClient(near.url), queries=["x"], warmup_step=1, update_step=1, update_times=1, max_k=4
-    )
-    trainer = make_trainer(model, train_dataset(), tmp_path, max_steps=2, callbacks=[callback])
-    with pytest.raises(RuntimeError, match=r"callback.attach\(trainer\)"):
-        trainer.train()
+    with NearClient(near.url) as client:
+        callback = NearSelectionCallback(client, queries=["x"], warmup_step=1, update_step=1, update_times=1, max_k=4)
+        trainer = make_trainer(model, train_dataset(), tmp_path, max_steps=2, callbacks=[callback])
+        with pytest.raises(RuntimeError, match=r"callback.attach\(trainer\)"):
+            trainer.train()
 
 
-def test_two_processes_train_on_the_main_process_selection(near: Any, tmp_path: Path) -> None:
+def test_two_processes_train_on_the_main_process_selection(near: ServiceProcess, tmp_path: Path) -> None:
     script = Path(__file__).with_name("dist_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""The callback's failure handling and query sets, against FakeNearService (scripted answers).
+"""The callback's failure handling and query sets, against FakeNearService (scripted answers on an
+``httpx.MockTransport``).
 
 The real service cannot be made to answer 503 or 422 on cue, so these use the fake; the real
 service killed and restarted is in test_callback.py.
@@ -16,7 +17,6 @@ import pytest
 from near_client import (
     BadRequestError,
     HighestLossQueries,
-    NearClient,
     NearSelectionCallback,
     RetryPolicy,
     ServiceUnavailableError,
@@ -38,10 +38,13 @@ def train(fake: FakeNearService, tmp_path: Path, max_steps: int = 6, **cb: Any) 
         "max_k": 16,
         **cb,
     }
-    callback = NearSelectionCallback(NearClient(fake.url, retry=RetryPolicy(attempts=1)), **kwargs)
+    callback = NearSelectionCallback(fake.client(retry=RetryPolicy(attempts=1)), **kwargs)
     trainer = make_trainer(model, train_dataset(), tmp_path, max_steps=max_steps, bs=2, ga=1)
     callback.attach(trainer)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        callback.client.close()
     return callback, trainer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -49,7 +50,11 @@ PUBLIC = [
 def test_public_surface_is_locked() -> None:
     assert sorted(near_client.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
-        assert getattr(near_client, name) is not None  # lazy names resolve too
+        obj = getattr(near_client, name)  # lazy names resolve too, each to the thing it names
+        if name == "__version__":
+            assert obj == importlib.metadata.version("near-select")
+        else:
+            assert obj.__name__ == name and obj.__module__.split(".")[0] in {"near_client", "near_schema"}
 
 
 def test_import_is_cheap() -> None:

@@ -6,8 +6,10 @@
   unique key for ports/volumes) is not modelled: an override that touches a sequence is refused.
 - ``interpolate``: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?err}``,
   ``${VAR?err}``, ``${VAR:+alt}``, ``${VAR+alt}``, applied to values (not keys), as compose does.
-- ``container_env``: a service's environment as the container sees it (a key without a value passes
-  the host's value through, or stays unset).
+- ``container_env``: the environment compose sets for a service (a key without a value passes the
+  host's value through, or is sent to the engine as a bare name).
+- ``effective_env``: what the container's process sees: the image's ENV, then compose's environment,
+  where a bare name (passed through, unset on the host) *removes* the image's value, as the engine does.
 - Dockerfile helpers: ``dockerfile_instructions`` and ``dockerfile_env``.
 """
 
@@ -90,8 +92,10 @@ def load_merged(*paths: Path) -> dict[str, Any]:
     return config
 
 
-_VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingVariable(ValueError):
@@ -159,7 +163,25 @@ def container_env(service: Mapping[str, Any], host_env: Mapping[str, str]) -> di
     return out
 
 
+def effective_env(
+    image_env: Mapping[str, str], service: Mapping[str, Any], host_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The container's environment: ``image_env`` overlaid by the service's (already interpolated) one.
+
+    A name listed without a value and unset on the host reaches the engine as a bare ``NAME``, which
+    unsets it in the container: an image default for that name is lost (checked against a real
+    container in tests/compose).
+    """
+    out = dict(image_env)
+    for key, value in service.get("environment", {}).items():
+        if value is None and key not in host_env:
+            out.pop(key, None)
+    out.update(container_env(service, host_env))
+    return out
+
+
 # --- Dockerfiles -----------------------------------------------------------------------------------
+
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order; comments dropped, continuation lines joined."""

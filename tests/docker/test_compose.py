@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from near_service.settings import DEFAULT_MODEL, Settings
+from near_service.core.settings import DEFAULT_MODEL, Settings
 
 from .composefile import (
     COMPOSE,
@@ -27,6 +27,8 @@ from .composefile import (
     all_variables,
     container_env,
     dockerfile_env,
+    dockerfile_instructions,
+    effective_env,
     interpolate,
     load,
     load_merged,
@@ -38,8 +40,9 @@ HOST_ENV = {"NEAR_API_KEY": "test-key"}
 
 def _check_jsonschema(*paths: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
-    return subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
 
 
 def _gpu() -> dict[str, Any]:
@@ -52,8 +55,11 @@ def _cpu() -> dict[str, Any]:
 
 def test_compose_files_match_the_compose_schema(tmp_path: Path) -> None:
     # As written (the GPU file), merged with the CPU override, and both after interpolation.
-    instances = {"cpu-merged.json": _cpu(), "gpu-interpolated.json": interpolate(_gpu(), HOST_ENV),
-                 "cpu-interpolated.json": interpolate(_cpu(), HOST_ENV)}
+    instances = {
+        "cpu-merged.json": _cpu(),
+        "gpu-interpolated.json": interpolate(_gpu(), HOST_ENV),
+        "cpu-interpolated.json": interpolate(_cpu(), HOST_ENV),
+    }
     for name, config in instances.items():
         (tmp_path / name).write_text(json.dumps(config))
     result = _check_jsonschema(COMPOSE, *(tmp_path / name for name in instances))
@@ -82,12 +88,13 @@ def test_near_variables_in_compose_files_are_settings() -> None:
 
 
 @pytest.mark.parametrize(("variant", "dockerfile"), [("gpu", DOCKERFILE_GPU), ("cpu", DOCKERFILE_CPU)])
-def test_container_environment_is_valid_settings(variant: str, dockerfile: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_environment_is_valid_settings(
+    variant: str, dockerfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = interpolate(_gpu() if variant == "gpu" else _cpu(), HOST_ENV)
     service = config["services"]["near-select"]
     assert service["build"]["dockerfile"] == str(dockerfile.relative_to(ROOT))
-    env = {**dockerfile_env(dockerfile), **container_env(service, HOST_ENV)}
+    env = effective_env(dockerfile_env(dockerfile), service, HOST_ENV)
     for key in list(Settings.model_fields):
         monkeypatch.delenv(f"NEAR_{key.upper()}", raising=False)
     for key, value in env.items():
@@ -105,9 +112,35 @@ def test_container_environment_is_valid_settings(variant: str, dockerfile: Path,
     assert targets[env["HF_HOME"]] == "hf-cache"
 
 
+@pytest.mark.parametrize(("variant", "dockerfile"), [("gpu", DOCKERFILE_GPU), ("cpu", DOCKERFILE_CPU)])
+def test_image_defaults_survive_compose(variant: str, dockerfile: Path) -> None:
+    # A passed-through name unset on the host removes the image's value: every NEAR_* default an image
+    # sets must reach the container when the host sets nothing (the CPU image's NEAR_DEVICE=cpu).
+    service = interpolate(_gpu() if variant == "gpu" else _cpu(), HOST_ENV)["services"]["near-select"]
+    image = dockerfile_env(dockerfile)
+    env = effective_env(image, service, HOST_ENV)
+    assert {k: v for k, v in image.items() if k not in env} == {}
+    if variant == "cpu":
+        assert env["NEAR_DEVICE"] == "cpu"
+        host = {**HOST_ENV, "NEAR_DEVICE": "auto"}  # the shell's value still wins
+        assert effective_env(image, interpolate(_cpu(), host)["services"]["near-select"], host)["NEAR_DEVICE"] == "auto"
+
+
+def test_bare_names_remove_image_values() -> None:
+    # The engine's rule that effective_env models (and tests/compose checks on a real container).
+    service = {"environment": {"A": None, "B": None, "C": "set"}}
+    image = {"A": "image", "B": "image", "C": "image", "D": "image"}
+    assert effective_env(image, service, {"B": "host"}) == {"B": "host", "C": "set", "D": "image"}
+
+
 def test_settings_pass_through_from_the_host() -> None:
-    host = {**HOST_ENV, "NEAR_MAX_LENGTH": "256", "NEAR_INDEX": "hnsw", "NEAR_MODEL": "/models/local/e5",
-            "POOL_FILE": "pool.parquet"}
+    host = {
+        **HOST_ENV,
+        "NEAR_MAX_LENGTH": "256",
+        "NEAR_INDEX": "hnsw",
+        "NEAR_MODEL": "/models/local/e5",
+        "POOL_FILE": "pool.parquet",
+    }
     service = interpolate(_cpu(), host)["services"]["near-select"]
     env = container_env(service, host)
     assert env["NEAR_MAX_LENGTH"] == "256"
@@ -134,11 +167,42 @@ def test_gpu_reservation_and_cpu_override() -> None:
     cpu = _cpu()["services"]["near-select"]
     assert "deploy" not in cpu, "the CPU override must drop the GPU reservation"
     assert cpu["image"] == "near-select:cpu"
-    assert cpu["build"] == {"context": ".", "dockerfile": "docker/Dockerfile.cpu"}
+    assert cpu["build"] == {
+        "context": ".",
+        "dockerfile": "docker/Dockerfile.cpu",
+        "args": {"TORCH_INDEX_URL": "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"},
+    }
     # Everything else is shared.
     for key in ("ports", "volumes", "healthcheck", "depends_on", "restart"):
         assert cpu[key] == gpu[key], key
     assert _cpu()["services"]["redis"] == _gpu()["services"]["redis"]
+
+
+def test_torch_index_is_a_build_argument() -> None:
+    # The compose default is the Dockerfile's ARG default; a mirror set in the shell reaches the build.
+    arg = next(rest for word, rest in dockerfile_instructions(DOCKERFILE_CPU) if word == "ARG")
+    name, _, default = arg.partition("=")
+    build = interpolate(_cpu(), HOST_ENV)["services"]["near-select"]["build"]
+    assert build["args"] == {name: default}
+    mirror = interpolate(_cpu(), {**HOST_ENV, name: "https://mirror.example/whl/cpu"})
+    assert mirror["services"]["near-select"]["build"]["args"][name] == "https://mirror.example/whl/cpu"
+
+
+def _healthcheck_flags(dockerfile: Path) -> dict[str, str]:
+    rest = next(rest for word, rest in dockerfile_instructions(dockerfile) if word == "HEALTHCHECK")
+    flags = rest.split("CMD", 1)[0].split()
+    return dict(f.removeprefix("--").replace("-", "_").split("=", 1) for f in flags)
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE_GPU, DOCKERFILE_CPU], ids=lambda p: p.name)
+def test_healthcheck_timings_agree(dockerfile: Path) -> None:
+    # `docker run` (the image's HEALTHCHECK) and compose check alike; a short interval so that
+    # healthy follows ready closely (start_interval needs Docker 25+, which we do not require).
+    compose = _gpu()["services"]["near-select"]["healthcheck"]
+    flags = _healthcheck_flags(dockerfile)
+    assert flags == {k: str(compose[k]) for k in ("interval", "timeout", "start_period", "retries")}
+    assert "start_interval" not in compose
+    assert compose["interval"] == "5s"
 
 
 def test_service_health_and_dependencies() -> None:
@@ -151,8 +215,9 @@ def test_service_health_and_dependencies() -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "redis-data:/data" in redis["volumes"]
-    named = {v.split(":")[0] for s in config["services"].values() for v in s["volumes"]
-             if not v.startswith((".", "/", "$"))}
+    named = {
+        v.split(":")[0] for s in config["services"].values() for v in s["volumes"] if not v.startswith((".", "/", "$"))
+    }
     assert named == set(config["volumes"]) == {"hf-cache", "near-cache", "redis-data"}
 
 

@@ -46,10 +46,18 @@ def _config(files: list[Path], host_env: dict[str, str], tmp_path: Path) -> subp
     assert COMPOSE_CMD is not None
     empty = tmp_path / "empty.env"  # keeps a developer's own .env out of the test
     empty.write_text("")
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **host_env}
+    # HOME is the test's; DOCKER_CONFIG still finds a `docker compose` plugin under the user's ~/.docker.
+    docker_config = os.environ.get("DOCKER_CONFIG", str(Path.home() / ".docker"))
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "DOCKER_CONFIG": docker_config, **host_env}
     args = [f for path in files for f in ("-f", str(path))]
-    return subprocess.run([*COMPOSE_CMD, "--env-file", str(empty), *args, "config", "--format", "json"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    return subprocess.run(
+        [*COMPOSE_CMD, "--env-file", str(empty), *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def _service(files: list[Path], host_env: dict[str, str], tmp_path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from near_service.settings import Settings
+from near_service.core.settings import Settings
 
 from .composefile import DOCKERFILE_CPU, DOCKERFILE_GPU, ROOT, dockerfile_env, dockerfile_instructions
 
@@ -29,8 +29,9 @@ def test_dependency_layer_comes_before_the_source(path: Path) -> None:
     ins = dockerfile_instructions(path)
     deps = _find(ins, "RUN", "docker/requirements.py")
     copies_before = [rest for w, rest in ins[:deps] if w == "COPY"]
-    assert copies_before == ["pyproject.toml ./", "docker/requirements.py docker/"], \
+    assert copies_before == ["pyproject.toml ./", "docker/requirements.py docker/"], (
         "only pyproject.toml and the requirements script may feed the dependency layer"
+    )
     assert deps < _find(ins, "COPY", "service") and deps < _find(ins, "COPY", "client")
     source_install = _find(ins, "RUN", "--no-deps .")
     assert source_install > _find(ins, "COPY", "service")
@@ -69,16 +70,20 @@ def test_gpu_image_search_path_and_extras() -> None:
     assert ins[0][0] == "FROM" and ins[0][1].startswith("nvidia/cuda:")
     assert "requirements.py server vllm" in text
     assert "faiss-gpu" not in text.replace("No faiss-gpu", "")
-    assert 'ARG PYTHON_VERSION=3.11' in text
+    assert "ARG PYTHON_VERSION=3.11" in text
 
 
 def test_cpu_image_uses_the_torch_cpu_build() -> None:
     text = DOCKERFILE_CPU.read_text()
     ins = dockerfile_instructions(DOCKERFILE_CPU)
     assert ins[0] == ("FROM", "python:3.11-slim")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in text
-    pin = next(r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-               ["optional-dependencies"]["server"] if r.startswith("torch"))
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert '--index-url "${TORCH_INDEX_URL}"' in text
+    pin = next(
+        r
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+        if r.startswith("torch")
+    )
     assert pin in text, f"the CPU torch install must match pyproject's {pin}"
     assert "requirements.py server " in text and "vllm" not in text.split("requirements.py server")[1][:20]
 
@@ -98,24 +103,33 @@ def _dockerignore_allows(patterns: list[str], path: str) -> bool:
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfiles_copy() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "keep .dockerignore an allowlist"
     for path in DOCKERFILES:
         for word, rest in dockerfile_instructions(path):
             if word == "COPY" and not rest.startswith("--from"):
                 for source in rest.split()[:-1]:
                     assert _dockerignore_allows(patterns, source), f"{path.name}: {source} is ignored"
-    for secret in (".env", ".venv/bin/python", ".git/config", "out/demo/top_indices.npy",
-                   "service/near_service/__pycache__/app.cpython-311.pyc"):
+    for secret in (
+        ".env",
+        ".venv/bin/python",
+        ".git/config",
+        "out/demo/top_indices.npy",
+        "service/near_service/__pycache__/app.cpython-311.pyc",
+    ):
         assert not _dockerignore_allows(patterns, secret), secret
 
 
 def test_requirements_script_matches_pyproject(tmp_path: Path) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     script = ROOT / "docker" / "requirements.py"
-    out = subprocess.run([sys.executable, str(script), "server", "vllm"], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, str(script), "server", "vllm"], capture_output=True, text=True, check=True
+    ).stdout.split()
     extras = project["optional-dependencies"]
     assert out == list(dict.fromkeys(project["dependencies"] + extras["server"] + extras["vllm"]))
     bad = subprocess.run([sys.executable, str(script), "gpu"], capture_output=True, text=True)
@@ -131,6 +145,11 @@ def _hadolint() -> str | None:
 def test_hadolint_is_clean() -> None:
     exe = _hadolint()
     assert exe is not None
-    result = subprocess.run([exe, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [exe, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

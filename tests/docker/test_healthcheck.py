@@ -55,8 +55,13 @@ def stub() -> Iterator[_Stub]:
 
 def _run(port: int, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEAR_")}
-    return subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60,
-                          env={**clean, "NEAR_HOST": "0.0.0.0", "NEAR_PORT": str(port), **env})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "NEAR_HOST": "0.0.0.0", "NEAR_PORT": str(port), **env},
+    )
 
 
 def test_ready_is_healthy_and_sends_the_api_key(stub: _Stub) -> None:

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from near_service.settings import Settings
+from near_service.core.settings import Settings
 
 from .composefile import ROOT
 
@@ -29,8 +29,9 @@ def _settings_table() -> ModuleType:
 
 def test_readme_table_is_generated_from_settings() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert _settings_table().render_readme(readme) == readme, \
+    assert _settings_table().render_readme(readme) == readme, (
         "README.md's configuration table is stale: run python scripts/settings_table.py --write"
+    )
 
 
 def test_table_has_one_row_per_setting_with_its_default() -> None:
@@ -46,8 +47,17 @@ def test_check_mode_passes() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("name", ["README.md", "docker-compose.yml", "docker-compose.cpu.yml",
-                                  "docker/Dockerfile", "docker/Dockerfile.cpu", "Makefile"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "README.md",
+        "docker-compose.yml",
+        "docker-compose.cpu.yml",
+        "docker/Dockerfile",
+        "docker/Dockerfile.cpu",
+        "Makefile",
+    ],
+)
 def test_every_near_name_is_a_setting(name: str) -> None:
     path: Path = ROOT / name
     names = set(re.findall(r"\bNEAR_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))

@@ -46,9 +46,12 @@ def post_select(url: str, headers: dict[str, str] | None = None, **body: Any) ->
     return httpx.post(f"{url}/select", json=body, headers=headers or {}, timeout=60)
 
 
-def metric(url: str, name: str, headers: dict[str, str] | None = None) -> float:
-    """Sum of every sample of ``name`` (labels included) in /metrics."""
-    text = httpx.get(f"{url}/metrics", headers=headers or {}, timeout=10).text
+def metric(service: str | httpx.Client, name: str, headers: dict[str, str] | None = None) -> float:
+    """Sum of every sample of ``name`` (labels included) in /metrics of a URL or a client (TestClient)."""
+    if isinstance(service, str):
+        text = httpx.get(f"{service}/metrics", headers=headers or {}, timeout=10).text
+    else:
+        text = service.get("/metrics", headers=headers or {}).text
     total, found = 0.0, False
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.conftest import RedisServer, ServiceFactory
+
 from .api_data import metric, post_select, qa_records, write_jsonl
+
+pytestmark = pytest.mark.e2e
 
 UNIQUE = 39  # qa_records(40) has one duplicate text
 
@@ -37,7 +40,7 @@ def pool_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "pool.jsonl", qa_records(40))
 
 
-def test_redis_killed_and_back(service_factory: Any, redis_server: Any, pool_file: Path) -> None:
+def test_redis_killed_and_back(service_factory: ServiceFactory, redis_server: RedisServer, pool_file: Path) -> None:
     svc = service_factory(candidates=[pool_file], redis_url=redis_server.url)
     assert emb_keys(redis_server.url) == UNIQUE  # the pool went into Redis
     assert post_select(svc.url, queries=["apples before"], max_k=5).status_code == 200
@@ -64,7 +67,7 @@ def test_redis_killed_and_back(service_factory: Any, redis_server: Any, pool_fil
 
 
 def test_restart_with_warm_redis_embeds_nothing(
-    service_factory: Any, redis_server: Any, pool_file: Path, tmp_path: Path
+    service_factory: ServiceFactory, redis_server: RedisServer, pool_file: Path, tmp_path: Path
 ) -> None:
     first = service_factory(candidates=[pool_file], redis_url=redis_server.url, cache_dir=tmp_path / "c1")
     assert metric(first.url, "near_embedded_texts_total") == UNIQUE
@@ -79,7 +82,9 @@ def test_restart_with_warm_redis_embeds_nothing(
     assert f'near_cache_lookups_total{{result="hit",store="redis"}} {UNIQUE + 1}.0' in hits  # pool + query
 
 
-def test_redis_down_at_start_serves_degraded(service_factory: Any, redis_server: Any, pool_file: Path) -> None:
+def test_redis_down_at_start_serves_degraded(
+    service_factory: ServiceFactory, redis_server: RedisServer, pool_file: Path
+) -> None:
     url = redis_server.url
     redis_server.stop()
     svc = service_factory(candidates=[pool_file], redis_url=url)

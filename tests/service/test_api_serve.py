@@ -1,16 +1,24 @@
-"""Starting the service: bad settings fail fast and clearly; /ready reports progress while loading."""
+"""Starting real service processes: uvicorn's factory and a bad record fail clearly; /ready reports
+progress while the real model loads, and a killed service restarts; ``near-select serve`` serves.
+
+Bad settings (``near-select serve`` exits 2 before the model loads) are tested in-process, and /ready
+while loading is too, in test_api_inprocess_startup.py.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import ServiceFactory
+
 from .api_data import free_port_here, qa_records, write_jsonl
+
+pytestmark = pytest.mark.e2e
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,22 +27,6 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
     )
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--candidates", "/nonexistent/pool.jsonl"], "candidate file(s) not found: /nonexistent/pool.jsonl"),
-        ([], "no candidate pool"),
-        (["--candidates", "x.jsonl", "--max-k-limit", "0"], "max_k_limit"),
-        (["--candidates", "x.jsonl", "--template", "{unclosed"], "template"),
-    ],
-)
-def test_serve_bad_settings_exit_2_before_the_model_loads(flags: list[str], message: str) -> None:
-    r = run(["-m", "near_service.cli", "serve", "--port", str(free_port_here()), *flags], env={"NEAR_CANDIDATES": "[]"})
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("error: ") and message in r.stderr
-    assert "Loading" not in r.stderr and "Uvicorn running" not in r.stderr
 
 
 def test_uvicorn_factory_with_missing_pool_fails(tmp_path: Path) -> None:
@@ -46,7 +38,7 @@ def test_uvicorn_factory_with_missing_pool_fails(tmp_path: Path) -> None:
     assert "candidate file(s) not found: /nonexistent/pool.jsonl" in r.stderr
 
 
-def test_bad_record_fails_at_startup(service_factory: Any, tmp_path: Path) -> None:
+def test_bad_record_fails_at_startup(service_factory: ServiceFactory, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "ok", "answer": "ok"}\n{not json\n')
     svc = service_factory(start=False, candidates=[bad])
@@ -55,7 +47,7 @@ def test_bad_record_fails_at_startup(service_factory: Any, tmp_path: Path) -> No
     assert "bad.jsonl" in svc.log()
 
 
-def test_ready_is_503_with_progress_while_loading(service_factory: Any, tmp_path: Path) -> None:
+def test_ready_is_503_with_progress_while_loading(service_factory: ServiceFactory, tmp_path: Path) -> None:
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_records(40))
     svc = service_factory(start=False, candidates=[pool])
     svc.start(wait_ready=False)  # returns once /health answers: the model is still loading

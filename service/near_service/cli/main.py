@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from near_service.cli.args import settings_from
 from near_service.cli.offline import add_offline_parser
 from near_service.cli.serve import add_serve_parser
+from near_service.cli.vectors import add_vector_parsers
 from near_service.core.errors import NearError
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_offline_parser(sub)
     add_serve_parser(sub)
+    add_vector_parsers(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ from near_service.core.pool import Pool
 from near_service.core.records import fingerprint, load_texts
 from near_service.core.settings import Settings
 from near_service.stores.cache import DiskCache, EmbeddingStore
+from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,25 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     embedder = Embedder.from_settings(settings)
     stores: list[EmbeddingStore] = [DiskCache(settings.cache_dir)] if settings.cache_dir else []
     pool_stats, query_stats = EmbedStats(), EmbedStats()
-    pool = Pool.build(
-        cand_texts,
-        embedder,
-        stores,
-        index_kind=settings.index,
-        ivf_nprobe=settings.ivf_nprobe,
-        hnsw_m=settings.hnsw_m,
-        progress=job.progress,
-        stats=pool_stats,
-    )
+    pool_fp = fingerprint(cand_texts)
+    stored = stored_pool_vectors(settings, embedder, pool_fp, len(cand_texts))  # embeds nothing
+    if stored is not None:
+        pool = Pool.from_vectors(
+            cand_texts, stored, embedder, settings.index, settings.ivf_nprobe, settings.hnsw_m, pool_fp
+        )
+    else:
+        pool = Pool.build(
+            cand_texts,
+            embedder,
+            stores,
+            index_kind=settings.index,
+            ivf_nprobe=settings.ivf_nprobe,
+            hnsw_m=settings.hnsw_m,
+            progress=job.progress,
+            stats=pool_stats,
+            pool_fingerprint=pool_fp,
+        )
+        remember_pool_vectors(settings, embedder, pool_fp, pool.vectors)
     t_pool = time.perf_counter()
     result = pool.select_texts(
         embedder, query_texts, max_k, job.budget, job.strategy, stores=stores, progress=job.progress, stats=query_stats
@@ -176,6 +186,8 @@ OFFLINE_FIELDS = (
     "batch_tokens",
     "vllm_gpu_memory_utilization",
     "cache_dir",
+    "embeddings",
+    "embeddings_trust_model",
     "index",
     "ivf_nprobe",
     "hnsw_m",

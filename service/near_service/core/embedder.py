@@ -7,7 +7,10 @@ Backends: ``sentence-transformers`` (any device) and ``vllm`` (CUDA, or CPU thro
 Both get the same token ids (the model's tokenizer, truncated at ``max_length``), the same query
 prompt and the same pooling (read from the model's sentence-transformers config), so their vectors
 agree to cosine 0.999. Texts are deduplicated, looked up in the cache, sorted by token length and
-embedded in batches under a token budget; results are written to the cache batch by batch.
+embedded in batches under a token budget; results are written to the cache batch by batch, so
+a killed process loses one batch at most, and :meth:`Embedder.stop` (at shutdown) ends an
+embedding between batches. Cached blobs carry a checksum and are verified on read
+(:func:`decode_blob`); a damaged one is dropped and embedded again.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -32,6 +37,34 @@ Kind = Literal["query", "document"]
 
 def text_key(namespace: str, text: str) -> str:
     return hashlib.sha256(namespace.encode() + b"\x00" + text.encode("utf-8")).hexdigest()
+
+
+# A cached vector is BLOB_MAGIC + crc32(namespace, payload) (little-endian u32) + float32 payload, so
+# a truncated, overwritten or foreign value is caught on read, dropped and embedded again.
+BLOB_MAGIC = b"NV1\x00"
+_HEADER = len(BLOB_MAGIC) + 4
+
+
+def encode_blob(namespace: str, vec: np.ndarray) -> bytes:
+    """A vector as the caches store it (header, then float32 bytes)."""
+    payload = np.ascontiguousarray(vec, dtype="<f4").tobytes()
+    crc = zlib.crc32(payload, zlib.crc32(namespace.encode()))
+    return BLOB_MAGIC + crc.to_bytes(4, "little") + payload
+
+
+def decode_blob(namespace: str, blob: bytes, dim: int) -> np.ndarray | None:
+    """The vector in ``blob``, or None if it is damaged: wrong magic, length, checksum, or not finite."""
+    if len(blob) != _HEADER + 4 * dim or not blob.startswith(BLOB_MAGIC):
+        return None
+    payload = memoryview(blob)[_HEADER:]
+    if zlib.crc32(payload, zlib.crc32(namespace.encode())) != int.from_bytes(blob[len(BLOB_MAGIC) : _HEADER], "little"):
+        return None
+    vec = np.frombuffer(payload, dtype="<f4")
+    return vec if bool(np.isfinite(vec).all()) else None
+
+
+class EmbeddingStopped(RuntimeError):
+    """Raised by :meth:`Embedder.embed` after :meth:`Embedder.stop`, once pending vectors are stored."""
 
 
 class EmbeddingStore(Protocol):
@@ -86,7 +119,9 @@ class SentenceTransformersBackend:
         self.batch_tokens = batch_tokens
         self.max_batch_texts = 512
         self.device = device
-        d = self.model.get_sentence_embedding_dimension()
+        # sentence-transformers 5 renamed get_sentence_embedding_dimension (the old name warns)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        d = get_dim()
         self.dim = int(d) if d else int(self.encode(["x"]).shape[1])
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
@@ -116,7 +151,11 @@ class VLLMBackend:
     ) -> None:
         from vllm import LLM
 
-        mem = gpu_memory_utilization or (0.9 if device == "cuda" else 0.4)
+        if gpu_memory_utilization is None and device == "cuda":  # what the model needs; the pool gets the rest
+            from near_service.core.gpu import vllm_memory_utilization
+
+            gpu_memory_utilization = vllm_memory_utilization(spec.path, dtype, max_length)
+        mem = self.gpu_memory_utilization = gpu_memory_utilization or 0.4
         options: dict[str, Any] = {
             "runner": "pooling",
             "dtype": dtype,
@@ -185,6 +224,7 @@ class Embedder:
         self.max_length, self.query_prompt, self.batch_tokens = max_length, query_prompt, batch_tokens
         self._vllm_mem = vllm_gpu_memory_utilization
         self._backend: Backend | None = None
+        self._stop = threading.Event()
         self.namespace = hashlib.sha256(
             json.dumps([spec.name, spec.revision, backend, dtype, max_length, spec.pooling]).encode()
         ).hexdigest()[:24]
@@ -251,6 +291,11 @@ class Embedder:
             )
         return self._backend
 
+    def stop(self) -> None:
+        """Make running and later :meth:`embed` calls store what they computed and raise EmbeddingStopped
+        (at the next batch boundary): a service shutting down keeps its work."""
+        self._stop.set()
+
     def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
         """The exact strings the model sees: queries get the query prompt, documents nothing."""
         if kind == "query" and self.query_prompt:
@@ -286,14 +331,24 @@ class Embedder:
             if not missing:
                 break
             found = store.get_many([keys[i] for i in missing])
-            backfill = []
+            backfill: list[tuple[str, bytes]] = []
             still = []
+            damaged = 0
             for i, blob in zip(missing, found, strict=True):
                 if blob is None:
                     still.append(i)
+                elif (vec := decode_blob(self.namespace, blob, self.load().dim)) is None:
+                    still.append(i)
+                    damaged += 1
                 else:
-                    vectors[i] = np.frombuffer(blob, dtype=np.float32)
+                    vectors[i] = vec
                     backfill.append((keys[i], blob))
+            if damaged:  # embedded again below, and the fresh vectors overwrite the bad entries
+                log.warning(
+                    "dropped %d damaged cached vector(s) from the %s cache; embedding them again",
+                    damaged,
+                    getattr(store, "name", type(store).__name__),
+                )
             for earlier in stores[:si]:  # a hit in a slower store warms the faster ones
                 if backfill:
                     earlier.put_many(backfill)
@@ -344,17 +399,19 @@ class Embedder:
                 for row, j in enumerate(batch):
                     vec = out[row]
                     vectors[missing[j]] = vec
-                    pending.append((keys[missing[j]], vec.tobytes()))
+                    pending.append((keys[missing[j]], encode_blob(self.namespace, vec)))
                 stats.tokens += int(sum(lengths[j] for j in batch))
                 stats.embedded += len(batch)
                 done += len(batch)
                 bar.update(len(batch))
+                # every batch is stored as soon as it is computed: a kill -9 loses one batch at most
+                for store in stores:
+                    store.put_many(pending)
+                pending = []
                 if on_progress is not None:
                     on_progress(done, len(texts))
-                if len(pending) >= 1024:
-                    for store in stores:
-                        store.put_many(pending)
-                    pending = []
+                if self._stop.is_set():
+                    raise EmbeddingStopped(f"embedding stopped after {done} of {len(texts)} texts (shutting down)")
         finally:
             if pending:
                 for store in stores:

@@ -12,6 +12,8 @@ and the HTTP status the service answers with. The CLI prints ``error: <message>`
     ├── AuthError              401  missing or wrong API key
     ├── NotFoundError          404  unknown run id
     ├── ConflictError          409  a stored (run_id, round) asked again with different parameters
+    │   ├── MissingRoundsError 409  exclude_previous, but earlier rounds of the run are not in the ledger
+    │   └── LedgerDamagedError 409  a ledger entry that cannot be read back
     ├── LimitError             413  a request over the configured limits
     ├── OverloadedError        429  the work queue is full (comes with Retry-After)
     └── UnavailableError       503  not ready yet, or Redis needed and down
@@ -66,6 +68,14 @@ class NotFoundError(NearError):
 class ConflictError(NearError):
     code = "conflict"
     status = 409
+
+
+class MissingRoundsError(ConflictError):
+    code = "missing_rounds"
+
+
+class LedgerDamagedError(ConflictError):
+    code = "ledger_damaged"
 
 
 class LimitError(NearError):

@@ -18,127 +18,38 @@ array([[0, 1]])
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from near_service.core.errors import MaxKError
+from near_service.core.topk import numpy_topk, sort_rows, torch_blocks, torch_topk, torch_topk_dropped
+
+__all__ = [
+    "IndexKind",
+    "Storage",
+    "VectorIndex",
+    "first_occurrence",
+    "numpy_topk",
+    "recall_at_k",
+    "sort_rows",
+    "torch_blocks",
+    "torch_topk",
+    "torch_topk_dropped",
+]
 
 log = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
+Storage = Literal["float32", "float16"]
 
 
 def first_occurrence(texts: Sequence[str]) -> np.ndarray:
     """For each text, the index of its first copy in ``texts``."""
     seen: dict[str, int] = {}
     return np.fromiter((seen.setdefault(t, i) for i, t in enumerate(texts)), dtype=np.int64, count=len(texts))
-
-
-def sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by score descending, ties by index ascending.
-
-    One integer sort per row instead of a lexsort (~7x faster): each (score, index) pair becomes a
-    uint64 whose high half orders float32 scores descending and whose low half is the index.
-    """
-    scores = np.asarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0, as lexsort sees them
-    bits = scores.view(np.uint32).astype(np.uint64)
-    ascending = np.where(bits >> 31 == 1, ~bits & 0xFFFFFFFF, bits | 0x80000000)
-    key = ((0xFFFFFFFF - ascending) << 32) | np.asarray(indices).astype(np.uint64)
-    key.sort(axis=-1)
-    ascending = 0xFFFFFFFF - (key >> 32)
-    bits32 = np.where(ascending < 0x80000000, ~ascending & 0xFFFFFFFF, ascending & 0x7FFFFFFF)
-    return bits32.astype(np.uint32).view(np.float32), (key & 0xFFFFFFFF).astype(np.int64)
-
-
-def _ties_to_lower_index(s: np.ndarray, picked: np.ndarray, k: int) -> np.ndarray:
-    """Make a top-k pick exact at the cut: among candidates tied with the k-th score, the lowest
-    indices win. ``picked`` (rows x k) holds a valid top-k that may break such ties arbitrarily."""
-    kth = np.take_along_axis(s, picked, 1).min(axis=1)
-    tied_total = (s == kth[:, None]).sum(axis=1)
-    tied_picked = (np.take_along_axis(s, picked, 1) == kth[:, None]).sum(axis=1)
-    for r in np.flatnonzero(tied_total > tied_picked):  # rare: only rows with a tie across the cut
-        above = np.flatnonzero(s[r] > kth[r])
-        tied = np.flatnonzero(s[r] == kth[r])[: k - len(above)]
-        picked[r] = np.concatenate([above, tied])
-    return picked
-
-
-def numpy_topk(
-    base: np.ndarray, queries: np.ndarray, k: int, max_block_bytes: int = 256 << 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (unsorted within a row) by blocked matmul + argpartition: the CPU flat path.
-
-    Ties at the cut go to the lower index (argpartition alone breaks them arbitrarily).
-
-    >>> base = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]], dtype=np.float32)
-    >>> sorted(numpy_topk(base, np.array([[0, 1]], dtype=np.float32), 2)[1][0].tolist())
-    [1, 2]
-    """
-    n, q = base.shape[0], queries.shape[0]
-    rows = max(1, min(q, max_block_bytes // max(4 * n, 1)))
-    out_s = np.empty((q, k), dtype=np.float32)
-    out_i = np.empty((q, k), dtype=np.int64)
-    for r0 in range(0, q, rows):
-        s = queries[r0 : r0 + rows] @ base.T
-        if k < n:
-            i = _ties_to_lower_index(s, np.argpartition(s, n - k, axis=1)[:, n - k :], k)
-        else:
-            i = np.broadcast_to(np.arange(n), s.shape)
-        out_s[r0 : r0 + len(s)] = np.take_along_axis(s, i, 1)
-        out_i[r0 : r0 + len(s)] = i
-    return out_s, out_i
-
-
-def torch_topk(
-    base: Any, queries: np.ndarray, k: int, device: str = "cuda", max_block_bytes: int = 1 << 30
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k by blocked matmul + topk in torch (the GPU path; also runs on CPU).
-
-    ``base`` is a numpy array or a torch tensor already on ``device`` (VectorIndex keeps one there,
-    so the pool is copied to the GPU once, not on every search). ``torch.topk`` breaks ties
-    arbitrarily, so the third array marks the rows where a candidate tied with the k-th score was
-    left out: the caller re-searches those rows with :func:`numpy_topk`, which sends ties to the
-    lower index. (A left-out value is at most the k-th at the time it was dropped, so it ties with
-    the final k-th only if the largest left-out value equals it.)
-    """
-    import torch
-
-    n, q = base.shape[0], queries.shape[0]
-    base_t = base if isinstance(base, torch.Tensor) else torch.from_numpy(base).to(device)
-    rows_per_block = max(1, min(q, max_block_bytes // max(4 * n, 1)))
-    base_block = n if 4 * n * rows_per_block <= max_block_bytes else max(k, max_block_bytes // (4 * rows_per_block))
-    out_s = np.empty((q, k), dtype=np.float32)
-    out_i = np.empty((q, k), dtype=np.int64)
-    out_tied = np.zeros(q, dtype=bool)
-    with torch.inference_mode():
-        for r0 in range(0, q, rows_per_block):
-            qt = torch.from_numpy(queries[r0 : r0 + rows_per_block]).to(device)
-            best_s = best_i = None
-            dropped = torch.full((len(qt),), -torch.inf, device=qt.device, dtype=torch.float32)
-            for c0 in range(0, n, base_block):
-                s = qt @ base_t[c0 : c0 + base_block].T
-                kk = min(k + 1, s.shape[1])
-                vs, vi = torch.topk(s, kk, dim=1)
-                if kk > k:  # the best value this block leaves out
-                    dropped = torch.maximum(dropped, vs[:, k].float())
-                    vs, vi = vs[:, :k], vi[:, :k]
-                vi = vi + c0
-                if best_s is not None and best_i is not None:
-                    both_s, both_i = torch.cat([best_s, vs], 1), torch.cat([best_i, vi], 1)
-                    m = min(k + 1, both_s.shape[1])
-                    vs, pos = torch.topk(both_s, m, dim=1)
-                    vi = torch.gather(both_i, 1, pos)
-                    if m > k:
-                        dropped = torch.maximum(dropped, vs[:, k].float())
-                        vs, vi = vs[:, :k], vi[:, :k]
-                best_s, best_i = vs, vi
-            assert best_s is not None and best_i is not None
-            out_s[r0 : r0 + len(qt)] = best_s.float().cpu().numpy()
-            out_i[r0 : r0 + len(qt)] = best_i.cpu().numpy()
-            out_tied[r0 : r0 + len(qt)] = (dropped >= best_s[:, -1].float()).cpu().numpy()
-    return out_s, out_i, out_tied
 
 
 class VectorIndex:
@@ -171,7 +82,12 @@ class VectorIndex:
             self._group_start = np.concatenate([[0], np.cumsum(self._group_size)[:-1]])
         self.vectors = vectors[self.unique_rows] if self.has_duplicates else vectors
         self._faiss: Any = None
-        self._device_vectors: Any = None  # torch copy of ``vectors`` on a non-CPU device, made on first search
+        self._faiss_gpu: Any = None  # a GPU clone of the ivf index, where faiss-gpu runs on this GPU
+        self._device_vectors: Any = None  # torch copy of ``vectors`` on a non-CPU device: see to_device
+        self.storage: Storage = "float32"  # of the device copy
+        self.block_bytes = 1 << 30  # one score block of a device search; the memory plan may lower it
+        self._device_lock = threading.Lock()  # one device copy, one device search at a time
+        self._max_norm = 1.0
         self._ivf_nprobe, self._hnsw_m = ivf_nprobe, hnsw_m
         if kind in ("ivf", "hnsw"):
             self._faiss = self._build_approx(kind)
@@ -195,7 +111,57 @@ class VectorIndex:
         index.train(sample)
         index.add(self.vectors)
         index.nprobe = min(nlist, self._ivf_nprobe)
+        if self.device != "cpu":
+            self._faiss_gpu = self._ivf_to_gpu(index)
         return index
+
+    def _ivf_to_gpu(self, index: Any) -> Any:
+        from near_service.core.gpu import choose_ivf_engine, faiss_has_gpu, gpu_facts
+
+        facts = gpu_facts()
+        self._gpu_capability = facts.capability if facts else None
+        engine, why = choose_ivf_engine(self._gpu_capability, 1, faiss_has_gpu())
+        log.info("ivf index on %s: %s", engine, why)
+        if engine != "faiss-gpu":
+            return None
+        import faiss
+
+        self._faiss_res = faiss.StandardGpuResources()  # must outlive the GPU index
+        return faiss.index_cpu_to_gpu(self._faiss_res, 0, index)
+
+    def to_device(self, storage: Storage | None = None) -> int:
+        """Copy the pool to the search device once (under a lock: concurrent first searches make one
+        copy), in float32 or float16 (:mod:`near_service.core.rescore` keeps answers exact); the
+        copy's bytes on the device (0 where search runs on the CPU)."""
+        if self.device == "cpu" or self.kind != "flat":
+            return 0
+        import torch
+
+        with self._device_lock:
+            if self._device_vectors is None:
+                self.storage = storage or self.storage
+                dtype = torch.float16 if self.storage == "float16" else torch.float32
+                if self.storage == "float16":
+                    from near_service.core.rescore import FP16_MAX
+
+                    if float(np.abs(self.vectors).max()) > FP16_MAX:
+                        raise ValueError("the pool's vectors overflow float16; use float32 storage")
+                    self._max_norm = float(np.sqrt((self.vectors.astype(np.float64) ** 2).sum(axis=1).max()))
+                    if self.device.startswith("cuda"):  # keep float32 sums in cuBLAS (the error bound needs it)
+                        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+                dev = torch.empty(self.vectors.shape, dtype=dtype, device=self.device)
+                step = max(1, (64 << 20) // (4 * self.dim))  # host-side chunks: no full-size temporary
+                for r0 in range(0, len(self.vectors), step):
+                    dev[r0 : r0 + step].copy_(torch.from_numpy(np.asarray(self.vectors[r0 : r0 + step])).to(dtype))
+                self._device_vectors = dev
+            return int(self._device_vectors.numel() * self._device_vectors.element_size())
+
+    def warm_up(self, k: int, queries: int) -> None:
+        """Search ``queries`` random unit rows at ``k``: moves the pool to the device and allocates a
+        search's workspace (torch's caching allocator keeps it) before the service reports ready."""
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((max(1, queries), self.dim)).astype(np.float32)
+        self.search(q / np.linalg.norm(q, axis=1, keepdims=True), max(1, min(k, self.size)))
 
     def check_k(self, k: int) -> None:
         if k < 1:
@@ -204,13 +170,17 @@ class VectorIndex:
             raise MaxKError(f"max_k {k} is larger than the candidate pool ({self.size} candidates)")
 
     def _exact_unique(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.device == "cpu":  # numpy beats FAISS's heap top-k at large k (bench/service.py)
+        # numpy beats FAISS's heap top-k at large k (bench/service.py); approximate indexes keep no device copy
+        if self.device == "cpu" or self.kind != "flat":
             return numpy_topk(self.vectors, queries, k)
-        if self._device_vectors is None:
-            import torch
+        self.to_device()
+        with self._device_lock:
+            if self.storage == "float16":
+                from near_service.core.rescore import half_topk
 
-            self._device_vectors = torch.from_numpy(self.vectors).to(self.device)
-        s, i, tied = torch_topk(self._device_vectors, queries, k, self.device)
+                base16, b = self._device_vectors, self.block_bytes
+                return half_topk(base16, self.vectors, queries, k, self.device, b, self._max_norm)
+            s, i, tied = torch_topk(self._device_vectors, queries, k, self.device, self.block_bytes)
         if tied.any():  # a tie across the cut: settle it as the CPU path does (lower index wins)
             rows = np.flatnonzero(tied)
             s[rows], i[rows] = numpy_topk(self.vectors, queries[rows], k)
@@ -221,7 +191,16 @@ class VectorIndex:
             return self._exact_unique(queries, k)
         if self.kind == "hnsw":
             self._faiss.hnsw.efSearch = max(2 * k, 64)
-        s, i = self._faiss.search(queries, k)
+        index = self._faiss
+        if self._faiss_gpu is not None:
+            from near_service.core.gpu import choose_ivf_engine
+
+            engine, why = choose_ivf_engine(self._gpu_capability, k, True)
+            if engine == "faiss-gpu":
+                index = self._faiss_gpu
+            else:
+                log.info("ivf search on faiss-cpu: %s", why)
+        s, i = index.search(queries, k)
         bad = np.flatnonzero((i < 0).any(axis=1))
         if len(bad):  # approximate index could not fill these rows: search them exactly
             log.info("%d of %d rows were short in the %s index; searched exactly", len(bad), len(i), self.kind)

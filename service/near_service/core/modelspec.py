@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from near_service.core.errors import ConfigError
+from near_service.core.gpu import FactsSource, cuda_device_count, dtype_for, gpu_facts
 from near_service.core.settings import DEFAULT_MODEL
 
 PACKAGED_MODEL_IDS = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
@@ -52,11 +54,38 @@ def _pooling_mode(path: Path, model_type: str) -> str:
     return "lasttoken" if model_type.startswith("qwen") else "mean"
 
 
+_WHOLE = 2 * 1024 * 1024  # files up to this size are hashed whole
+_EDGE = 1024 * 1024  # of bigger ones: the first and last MiB, with size and mtime
+
+
+def _file_digest(f: Path) -> bytes:
+    st = f.stat()
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        if st.st_size <= _WHOLE:
+            h.update(fh.read())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(fh.read(_EDGE))
+            fh.seek(st.st_size - _EDGE)
+            h.update(fh.read(_EDGE))
+    return h.digest()
+
+
 def _content_revision(path: Path) -> str:
-    h = hashlib.sha256(_read_json(path / "config.json").__repr__().encode())
+    """The cache namespace of a local model folder: changes whenever its weights or configs change.
+
+    Every weight, config and tokenizer file counts by name and content: files up to 2 MiB are
+    hashed whole, bigger ones by size, modification time (ns) and their first and last MiB, so a
+    folder of many GB costs milliseconds, and new same-size weights (which get a new mtime) never
+    serve the old vectors. Copying a folder without keeping mtimes (``cp`` without ``-p``) changes
+    the revision, so its texts are embedded once more: stale vectors are never the price.
+    """
+    h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model", ".pt", ".onnx"):
+            h.update(f"{f.relative_to(path)}\0".encode())
+            h.update(_file_digest(f))
     return "content-" + h.hexdigest()[:16]
 
 
@@ -101,17 +130,14 @@ def resolve_model(name: str) -> ModelSpec:
     )
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, count_gpus: Callable[[], int] = cuda_device_count) -> str:
+    """``auto``: cuda where torch has a CUDA GPU. GPUs are counted through NVML, so this creates no
+    CUDA context (vLLM must start first, see :mod:`near_service.core.gpu`)."""
     if device != "auto":
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU")
+        if device == "cuda" and count_gpus() < 1:
+            raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU")
         return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if count_gpus() > 0 else "cpu"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -120,14 +146,13 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on CUDA (where supported) and on CPUs with AVX512-BF16 or AMX, else float32."""
+def resolve_dtype(dtype: str, device: str, facts: FactsSource = gpu_facts) -> str:
+    """``auto``: bfloat16 on CUDA GPUs of compute capability 8.0 and up (read from NVML, without a
+    CUDA context) and on CPUs with AVX512-BF16 or AMX, else float32."""
     if dtype != "auto":
         return dtype
     if device == "cuda":
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return dtype_for(facts())
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 

@@ -68,6 +68,20 @@ class Pool:
     ) -> Pool:
         """Embed ``texts`` as documents (through ``stores``) and index them."""
         vectors = embedder.embed(texts, "document", stores, progress=progress, stats=stats, on_progress=on_progress)
+        return cls.from_vectors(texts, vectors, embedder, index_kind, ivf_nprobe, hnsw_m, pool_fingerprint)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        embedder: Embedder,
+        index_kind: IndexKind = "flat",
+        ivf_nprobe: int = 32,
+        hnsw_m: int = 32,
+        pool_fingerprint: str | None = None,
+    ) -> Pool:
+        """Index vectors ``embedder`` made for ``texts`` (a memory-mapped pool file is searched in place)."""
         search_device = "cuda" if embedder.device == "cuda" else "cpu"
         idx = VectorIndex(
             vectors,

@@ -9,6 +9,8 @@ Validation happens here, before any model loads.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from near_service.core.errors import ConfigError, InputError
-from near_service.core.index import IndexKind
+from near_service.core.index import IndexKind, Storage
 from near_service.core.records import check_template
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -75,17 +77,38 @@ class Settings(BaseSettings):
         description="Token budget per embedding batch (padded length x batch size); texts are sorted by length first.",
     )
     vllm_gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="vLLM memory fraction (default 0.9 on CUDA, 0.4 on CPU)."
+        None,
+        gt=0,
+        le=1,
+        description="vLLM's share of the GPU. Default on CUDA: what the model needs (weights, KV cache for one "
+        "max-length text, activations, 2 GiB overhead), so the pool gets the rest; 0.3 where the GPU's size is "
+        "unknown; 0.4 on CPU.",
     )
     cache_dir: Path | None = Field(
         default_factory=_default_cache_dir,
         description="Embedding cache folder (SQLite, content-addressed); empty disables the disk cache.",
+    )
+    embeddings: Path | None = Field(
+        None,
+        description="Pool vectors to use instead of embedding the pool: .npy, .parquet or .safetensors, one row "
+        "per candidate, with a manifest (FILE.json: model, dims, pool_fingerprint); checked, then kept in the "
+        "pool store under cache_dir (see docs/scaling.md).",
+    )
+    embeddings_trust_model: bool = Field(
+        False,
+        description="Accept --embeddings whose manifest names another model, or none, as vectors of this "
+        "service's model (queries are always embedded by the service's model).",
     )
     # --- search ---------------------------------------------------------------------------------
     index: IndexKind = Field(
         "flat",
         description="flat: exact search (default). ivf / hnsw: approximate, "
         "opt-in for very large pools; recall@K against exact is reported.",
+    )
+    gpu_storage: Storage = Field(
+        "float32",
+        description="How the pool's vectors are held on the GPU for exact search. float16 halves their memory; "
+        "answers stay exact (float16 search, then the top K + margin rescored in float32 on the CPU).",
     )
     ivf_nprobe: int = Field(32, ge=1, description="IVF lists probed per query (index=ivf).")
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index=hnsw).")
@@ -95,6 +118,22 @@ class Settings(BaseSettings):
         description="Redis URL for the shared embedding cache and the run "
         "ledger, e.g. redis://localhost:6379/0. Unset: no Redis.",
     )
+    redis_timeout: float = Field(
+        0.25,
+        gt=0,
+        le=30,
+        description="Socket timeout in seconds of embedding-cache calls to Redis; a slower Redis counts as down "
+        "(the service answers without it and retries after a backoff).",
+    )
+    ledger_timeout: float = Field(
+        2.0, gt=0, le=60, description="Socket timeout in seconds of run-ledger calls to Redis (then 503)."
+    )
+    redis_query_ttl: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="Seconds Redis keeps a query or /v1/embeddings vector (pool vectors and the ledger are "
+        "kept); 0 keeps them forever. Query vectors are never written to the disk cache.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer API key required on every route but /health. Unset: no auth."
     )
@@ -102,12 +141,50 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the service binds.")
     max_queries: int = Field(4096, ge=1, description="Most queries in one /select or /v1/embeddings request.")
     max_query_chars: int = Field(32768, ge=1, description="Most characters in one query text.")
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest request body in bytes, refused (413) before it is parsed. Default: sized from the "
+        "query limits, max_queries x 4 KiB + max_query_chars x 6 (16.2 MiB with the defaults): every query at "
+        "4 KiB of JSON on average, and room for one at max_query_chars written as \\uXXXX escapes.",
+    )
     max_k_limit: int = Field(
         10000, ge=1, description="Largest max_k a request may ask for (also capped by the pool size)."
     )
+    max_result_entries: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most (query, neighbour) pairs one /select may ask for: queries x max_k (413 beyond). "
+        "Bounds the response (about 16 bytes of JSON each) and what the ledger stores per round.",
+    )
+    embed_chunk_texts: int = Field(
+        256,
+        ge=1,
+        description="Most query texts in one embedding call. A bigger request is split into chunks that take "
+        "turns with other requests' texts, so a small request never waits behind a big one.",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take to send its request body before 408."
+    )
+    keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open (serve).")
+    max_connections: int = Field(
+        512, ge=1, description="Open connections and requests before new ones get 503 (serve; uvicorn's limit)."
+    )
+    graceful_shutdown_timeout: int = Field(
+        10, ge=0, description="Seconds SIGTERM waits for requests in flight before closing them (serve)."
+    )
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="Largest request line and headers in bytes (serve; larger ones are refused)."
+    )
     max_queue: int = Field(32, ge=1, description="Requests waiting for the embedder or index before new ones get 429.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @property
+    def body_limit(self) -> int:
+        """``max_body_bytes``, or the default sized from the query limits (see its description)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_queries * 4096 + self.max_query_chars * 6
 
     @field_validator("template")
     @classmethod
@@ -139,5 +216,12 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
-    except ValueError as exc:  # raised by a validator outside pydantic's wrapping
+    except ValueError as exc:  # pydantic-settings could not parse a NEAR_* variable
+        field = re.search(r'error parsing value for field "(\w+)"', str(exc))
+        if field:
+            name = field.group(1)
+            raise ConfigError(
+                f"invalid settings: NEAR_{name.upper()} must be JSON (a list: "
+                f"NEAR_{name.upper()}='[\"pool.jsonl\"]'), got {os.environ.get('NEAR_' + name.upper())!r}"
+            ) from None
         raise ConfigError(f"invalid settings: {exc}") from None

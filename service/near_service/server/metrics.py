@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from near_service.core.embedder import EmbeddingStore
 
+#: The methods that get their own label; anything else a client sends is counted as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -93,8 +95,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            # the template, not the raw path, so /runs/<id> is one series; unknown paths share one label
+            # Only labels the server chooses, so no client can grow /metrics: the route's template (not
+            # the raw path; unknown paths and requests refused before routing share "unmatched") and a
+            # known method or "other". Statuses are the service's own.
             name = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
+            method = method if method in _METHODS else "other"
             self.metrics.requests.labels(route=name, method=method, status=str(status)).inc()
             self.metrics.latency.labels(route=name, method=method).observe(time.perf_counter() - start)

@@ -7,7 +7,8 @@ The route only translates HTTP; everything a ``/select`` means happens here, on 
 2. without ``run_id``: embed the queries (micro-batched), search, fill the budget;
 3. with ``run_id`` + ``round``: a stored round is returned as stored (409 if asked with other
    parameters); a new one is computed (leaving out earlier rounds' picks with
-   ``exclude_previous``) and stored once, first writer wins.
+   ``exclude_previous``; 409 ``missing_rounds`` if an earlier round is not stored) and stored
+   once, first writer wins. Ledger calls wait on Redis outside the plain requests' admission.
 
 >>> result = await selector.select(SelectRequest(queries=["2 + 2?"], max_k=10))   # doctest: +SKIP
 """
@@ -15,10 +16,12 @@ The route only translates HTTP; everything a ``/select`` means happens here, on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import orjson
 from near_schema import PoolInfo, SelectRequest, fingerprint
@@ -28,6 +31,8 @@ from near_service.core.pool import Pool, SelectResult
 from near_service.core.settings import Settings
 from near_service.server.batcher import QueryBatcher
 from near_service.stores.ledger import Ledger
+
+T = TypeVar("T")
 
 
 def check_texts(settings: Settings, texts: Sequence[str]) -> None:
@@ -64,9 +69,10 @@ class Selector:
         cpu_executor: Executor,
         ledger: Ledger | None,
         model_name: str,
+        ledger_gate: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.pool, self.settings, self.batcher = pool, settings, batcher
-        self.cpu_executor, self.ledger = cpu_executor, ledger
+        self.cpu_executor, self.ledger, self.ledger_gate = cpu_executor, ledger, ledger_gate
         self.pool_info = PoolInfo(size=pool.size, fingerprint=pool.fingerprint, model=model_name)
 
     def check(self, req: SelectRequest) -> None:
@@ -74,6 +80,12 @@ class Selector:
         check_texts(self.settings, req.queries)
         if req.max_k > self.settings.max_k_limit:
             raise MaxKError(f"max_k {req.max_k} is larger than the limit NEAR_MAX_K_LIMIT={self.settings.max_k_limit}")
+        entries, cap = len(req.queries) * req.max_k, self.settings.max_result_entries
+        if entries > cap:
+            raise LimitError(
+                f"{len(req.queries)} queries x max_k {req.max_k} = {entries} results in one request; the limit is "
+                f"{cap} (NEAR_MAX_RESULT_ENTRIES): send fewer queries per request or a smaller max_k"
+            )
         self.pool.index.check_k(req.max_k)
 
     async def select(self, req: SelectRequest) -> SelectResult:
@@ -85,17 +97,22 @@ class Selector:
                 "run_id needs the run ledger, which needs Redis: set NEAR_REDIS_URL (or leave out run_id and round)"
             )
         ledger, params = self.ledger, ledger_params(req)
-        stored = await asyncio.to_thread(ledger.get, req.run_id, req.round)
+        stored = await self._ledger_call(ledger.get, req.run_id, req.round)
         if stored is None:
             exclude = (
-                await asyncio.to_thread(ledger.previous_selected, req.run_id, req.round)
+                await self._ledger_call(ledger.previous_selected, req.run_id, req.round)
                 if req.exclude_previous
                 else None
             )
             result = await self._compute(req, exclude)
-            stored = await asyncio.to_thread(ledger.put, req.run_id, req.round, params, result)
+            stored = await self._ledger_call(ledger.put, req.run_id, req.round, params, result)
         stored.check_params(req.run_id, params)
         return stored.result
+
+    async def _ledger_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking ledger call in a worker thread, outside the plain requests' admission."""
+        with self.ledger_gate():
+            return await asyncio.to_thread(fn, *args)
 
     async def _compute(self, req: SelectRequest, exclude: list[int] | None) -> SelectResult:
         t0 = time.perf_counter()
@@ -119,6 +136,19 @@ class Selector:
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
+
+    def encode_chunks(self, result: SelectResult, rows: int = 256) -> Iterator[bytes]:
+        """The same JSON as :meth:`encode`, ``rows`` queries at a time: a big answer is streamed,
+        never held whole as one more copy in memory."""
+        opt = orjson.OPT_SERIALIZE_NUMPY
+        n = len(result.indices)
+        for name, array in (("indices", result.indices), ("scores", result.scores)):
+            yield b'{"indices":[' if name == "indices" else b'],"scores":['
+            for start in range(0, n, rows):
+                part = orjson.dumps(array[start : start + rows], option=opt)[1:-1]
+                yield part if start == 0 else b"," + part
+        tail = {"selected": result.selected, "source": result.source, "pool": self.pool_info.model_dump()}
+        yield b"]," + orjson.dumps(tail, option=opt)[1:]
 
     async def encode_async(self, result: SelectResult) -> bytes:
         t = time.perf_counter()

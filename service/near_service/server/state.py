@@ -17,16 +17,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from near_schema import LoadStatus, RedisStatus
 
-from near_service.core.embedder import Embedder, EmbedStats
+from near_service.core.embedder import Embedder, EmbeddingStopped, EmbedStats
 from near_service.core.errors import ConfigError, OverloadedError, UnavailableError
+from near_service.core.memory import MemoryPlan, prepare_search
 from near_service.core.pool import Pool
 from near_service.core.records import fingerprint, load_texts
 from near_service.core.settings import Settings
 from near_service.server.batcher import QueryBatcher
 from near_service.server.metrics import CountingStore, Metrics
 from near_service.server.selector import Selector
+from near_service.stores.breaker import Breaker
 from near_service.stores.cache import DiskCache, EmbeddingStore, RedisCache
 from near_service.stores.ledger import Ledger, ledger_scope
+from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,16 @@ class ServiceState:
     texts: list[str]
     fingerprint: str
     metrics: Metrics
-    stores: list[EmbeddingStore]
+    stores: list[EmbeddingStore]  # pool vectors: Redis (kept), then disk
     redis: RedisCache | None
     ledger: Ledger | None
     model_executor: ThreadPoolExecutor  # the one thread that runs the model
     cpu_executor: ThreadPoolExecutor  # search, selection and JSON encoding
     loading: Loading = field(default_factory=Loading)
+    query_stores: list[EmbeddingStore] = field(default_factory=list)  # Redis with a TTL; never disk
+    ledger_in_flight: int = 0
     selector: Selector | None = None  # set once the pool is embedded and indexed
+    memory_plan: MemoryPlan | None = None  # set once the pool is on its search device
     in_flight: int = 0
     closers: list[object] = field(default_factory=list)
     batcher: QueryBatcher = field(init=False)
@@ -70,7 +76,7 @@ class ServiceState:
         self.batcher = QueryBatcher(
             self.embed_queries,
             self.model_executor,
-            max_texts=self.settings.max_queries,
+            max_texts=self.settings.embed_chunk_texts,
             on_depth=self.metrics.embed_queue.set,
         )
         self.update_redis_gauge()
@@ -90,6 +96,7 @@ class ServiceState:
         metrics = metrics if metrics is not None else Metrics()
         metrics.pool_size.set(len(texts))
         stores: list[EmbeddingStore] = []
+        query_stores: list[EmbeddingStore] = []
         closers: list[object] = []
         redis_cache = ledger = None
         pool_fp = fingerprint(texts)
@@ -98,23 +105,31 @@ class ServiceState:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            # no client-side retries: RedisCache has its own backoff, and a down Redis must fail fast
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=0.5,
-                socket_timeout=5,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-            )
-            redis_cache = RedisCache(client)
+            url = settings.redis_url
+
+            def client(timeout: float) -> redis.Redis:
+                # no client-side retries: the Breaker has its own backoff, and a down or hung Redis
+                # must fail fast (cache calls: NEAR_REDIS_TIMEOUT; ledger calls: NEAR_LEDGER_TIMEOUT)
+                return redis.Redis.from_url(
+                    url,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    retry_on_timeout=False,
+                )
+
+            cache_client, ledger_client = client(settings.redis_timeout), client(settings.ledger_timeout)
+            breaker = Breaker()  # one Redis: the cache and the ledger learn of its failures together
+            redis_cache = RedisCache(cache_client, breaker)
             redis_cache.check()
             stores.append(CountingStore(redis_cache, "redis", metrics))
+            query_stores.append(CountingStore(redis_cache.with_ttl(settings.redis_query_ttl), "redis", metrics))
             scope = ledger_scope(
                 pool_fp, embedder.namespace, embedder.query_prompt, settings.index, settings.ivf_nprobe, settings.hnsw_m
             )
-            ledger = Ledger(client, scope, on_error=redis_cache.mark_down)
-            closers.append(client)
-        if settings.cache_dir:
+            ledger = Ledger(ledger_client, scope, breaker)
+            closers += [cache_client, ledger_client]
+        if settings.cache_dir:  # pool vectors only: client texts would grow the file without bound
             disk = DiskCache(settings.cache_dir)
             stores.append(CountingStore(disk, "disk", metrics))
             closers.append(disk)
@@ -127,6 +142,7 @@ class ServiceState:
             fingerprint=pool_fp,
             metrics=metrics,
             stores=stores,
+            query_stores=query_stores,
             redis=redis_cache,
             ledger=ledger,
             model_executor=model_executor,
@@ -136,7 +152,8 @@ class ServiceState:
         )
 
     def load(self) -> None:
-        """Load the model, embed the pool through the caches, build the index (a worker thread)."""
+        """Load the model, map the pool's vectors from the pool store (or import ``embeddings``, or
+        embed them through the caches and write the pool file), build the index (a worker thread)."""
         t0 = time.perf_counter()
         try:
             self.embedder.load()
@@ -145,24 +162,45 @@ class ServiceState:
             def progress(done: int, total: int) -> None:
                 self.loading.done = len(self.texts) - total + done
 
-            pool = Pool.build(
-                self.texts,
-                self.embedder,
-                self.stores,
-                index_kind=self.settings.index,
-                ivf_nprobe=self.settings.ivf_nprobe,
-                hnsw_m=self.settings.hnsw_m,
-                stats=stats,
-                on_progress=progress,
-                pool_fingerprint=self.fingerprint,
-            )
+            s = self.settings
+            stored = stored_pool_vectors(s, self.embedder, self.fingerprint, len(self.texts))  # embeds nothing
+            if stored is not None:
+                pool = Pool.from_vectors(
+                    self.texts, stored, self.embedder, s.index, s.ivf_nprobe, s.hnsw_m, self.fingerprint
+                )
+            else:
+                pool = Pool.build(
+                    self.texts,
+                    self.embedder,
+                    self.stores,
+                    index_kind=self.settings.index,
+                    ivf_nprobe=self.settings.ivf_nprobe,
+                    hnsw_m=self.settings.hnsw_m,
+                    stats=stats,
+                    on_progress=progress,
+                    pool_fingerprint=self.fingerprint,
+                )
+                remember_pool_vectors(s, self.embedder, self.fingerprint, pool.vectors)
             self.metrics.embedded.labels(kind="document").inc(stats.embedded)
+            # after the model (vLLM takes its share first), before ready: plan, check, copy, warm up
+            vllm_share = getattr(self.embedder.load(), "gpu_memory_utilization", None)
+            self.memory_plan = prepare_search(pool.index, s.gpu_storage, s.max_k_limit, s.max_queries, vllm_share)
+        except EmbeddingStopped as exc:
+            log.warning("%s; the vectors computed so far are in the caches", exc)
+            self.loading.status, self.loading.message = "failed", str(exc)
+            return
         except Exception as exc:
             log.exception("loading the pool failed")
             self.loading.status, self.loading.message = "failed", f"{type(exc).__name__}: {exc}"
             return
         self.selector = Selector(
-            pool, self.settings, self.batcher, self.cpu_executor, self.ledger, self.embedder.spec.name
+            pool,
+            self.settings,
+            self.batcher,
+            self.cpu_executor,
+            self.ledger,
+            self.embedder.spec.name,
+            ledger_gate=self.ledger_wait,
         )
         self.loading.done = len(self.texts)
         self.loading.status = "ready"
@@ -186,7 +224,7 @@ class ServiceState:
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         """One embedding call for a micro-batch (runs in the model thread)."""
         stats = EmbedStats()
-        vectors = self.embedder.embed(texts, "query", self.stores, stats=stats)
+        vectors = self.embedder.embed(texts, "query", self.query_stores, stats=stats)
         self.metrics.embedded.labels(kind="query").inc(stats.embedded)
         self.metrics.embed_batches.inc()
         return vectors
@@ -194,7 +232,7 @@ class ServiceState:
     def embed_documents(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` as documents, and their token count (each text tokenized once)."""
         stats = EmbedStats()
-        vectors = self.embedder.embed(texts, "document", self.stores, stats=stats, count_tokens=True)
+        vectors = self.embedder.embed(texts, "document", self.query_stores, stats=stats, count_tokens=True)
         self.metrics.embedded.labels(kind="document").inc(stats.embedded)
         return vectors, stats.input_tokens
 
@@ -236,4 +274,24 @@ class ServiceState:
             yield
         finally:
             self.in_flight -= 1
+            self.metrics.queue_depth.set(self.in_flight)
+
+    @contextlib.contextmanager
+    def ledger_wait(self) -> Iterator[None]:
+        """Around a run-ledger call of an admitted request: its ``max_queue`` slot is lent back while
+        it waits on Redis, so ledger waits (up to NEAR_LEDGER_TIMEOUT on a hung Redis) never turn
+        plain requests away; ledger waits have their own limit of ``max_queue``."""
+        if self.ledger_in_flight >= self.settings.max_queue:
+            self.metrics.rejected.inc()
+            raise OverloadedError(
+                f"too many run-ledger calls waiting on Redis ({self.ledger_in_flight}); retry shortly", retry_after=1.0
+            )
+        self.ledger_in_flight += 1
+        self.in_flight -= 1
+        self.metrics.queue_depth.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.ledger_in_flight -= 1
+            self.in_flight += 1
             self.metrics.queue_depth.set(self.in_flight)

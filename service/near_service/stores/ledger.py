@@ -12,7 +12,13 @@ a different pool or model never reads another's rounds:
     near:run:<scope>:<run_id>:meta   hash  round -> JSON {params, created_at, selected, shape}
     near:run:<scope>:<run_id>:data   hash  round -> int32 indices + float32 scores (row-major)
 
-Every Redis error becomes an :class:`UnavailableError` (503): no silently forgotten round.
+Every Redis error becomes an :class:`UnavailableError` (503): no silently forgotten round. A hung
+Redis is a 503 after the client's socket timeout, and at once while the shared :class:`Breaker` is
+open. ``exclude_previous`` with an earlier round missing is a :class:`MissingRoundsError` (409);
+an entry that cannot be read back is a :class:`LedgerDamagedError` (409), never a 500.
+
+The ledger's keys never expire: Redis must not evict them (``maxmemory-policy volatile-lru`` or
+``volatile-ttl``, so only the expiring query vectors of the cache are evicted, or no ``maxmemory``).
 
 >>> ledger = Ledger(redis_client, scope="3f2a...")                           # doctest: +SKIP
 >>> ledger.get("run-1", 0) is None                                           # doctest: +SKIP
@@ -30,8 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from near_service.core.errors import ConflictError, NotFoundError, UnavailableError
+from near_service.core.errors import (
+    ConflictError,
+    LedgerDamagedError,
+    MissingRoundsError,
+    NotFoundError,
+    UnavailableError,
+)
 from near_service.core.pool import SelectResult
+from near_service.stores.breaker import Breaker
 
 # Store both halves of a round only if the round is new; returns 1 if stored, 0 if it already existed.
 _PUT_IF_ABSENT = """
@@ -68,54 +81,115 @@ class StoredRound:
             )
 
 
-class Ledger:
-    """Rounds of training runs in Redis. Blocking calls: the service runs them in a worker thread."""
+def _damaged(run_id: str, round_: object, why: str) -> LedgerDamagedError:
+    return LedgerDamagedError(
+        f"run {run_id!r} round {round_}: the ledger entry is damaged ({why}); it cannot be replayed. "
+        "Use a new run_id, or delete the run's near:run:*:<run_id>:* keys in Redis"
+    )
 
-    def __init__(self, client: Any, scope: str, on_error: Callable[[BaseException], None] | None = None) -> None:
-        self.client, self.scope, self._on_error = client, scope, on_error
+
+def _parse_meta(run_id: str, round_: object, raw: bytes | str) -> dict[str, Any]:
+    """A round's meta JSON, checked for the fields the ledger reads (LedgerDamagedError if not)."""
+    try:
+        m = json.loads(raw)
+        q, k = (int(x) for x in m["shape"])
+        selected = m["selected"]
+        if selected is not None and not all(isinstance(i, int) for i in selected):
+            raise ValueError("selected is not a list of integers")
+        if not isinstance(m["params"], dict) or q < 0 or k < 0:
+            raise ValueError("bad params or shape")
+        float(m["created_at"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise _damaged(run_id, round_, f"{type(exc).__name__}: {str(exc)[:120]}") from None
+    return dict(m)
+
+
+def _round_numbers(run_id: str, metas: dict[Any, Any]) -> list[tuple[int, Any]]:
+    out = []
+    for r, raw in metas.items():
+        try:
+            out.append((int(r), raw))
+        except ValueError:
+            raise _damaged(run_id, r, "the round is not a number") from None
+    return sorted(out, key=lambda x: x[0])
+
+
+class Ledger:
+    """Rounds of training runs in Redis. Blocking calls: the service runs them in a worker thread.
+
+    ``client`` should have a socket timeout (the service uses ``NEAR_LEDGER_TIMEOUT``, 2 s); while
+    ``breaker`` (shared with the embedding cache) is open, every call is a 503 at once.
+    """
+
+    def __init__(self, client: Any, scope: str, breaker: Breaker | None = None) -> None:
+        self.client, self.scope = client, scope
+        self.breaker = breaker if breaker is not None else Breaker()
         self._put_script = client.register_script(_PUT_IF_ABSENT)
 
     def _keys(self, run_id: str) -> tuple[str, str]:
         base = f"near:run:{self.scope}:{run_id}"
         return base + ":meta", base + ":data"
 
-    def _fail(self, exc: BaseException) -> UnavailableError:
-        if self._on_error is not None:
-            self._on_error(exc)
-        return UnavailableError(
-            f"the run ledger needs Redis, which is unavailable ({type(exc).__name__}); "
-            "retry later, or leave out run_id to select without the ledger"
-        )
-
     def _call(self, fn: Callable[[], Any]) -> Any:
+        if not self.breaker.allow():
+            raise UnavailableError(
+                f"the run ledger needs Redis, which is unavailable (next try in {self.breaker.retry_in():.1f}s); "
+                "retry later, or leave out run_id to select without the ledger"
+            )
         try:
-            return fn()
+            out = fn()
         except Exception as exc:  # any Redis or socket error: the ledger cannot be trusted now
-            raise self._fail(exc) from exc
+            self.breaker.failure(exc)
+            raise UnavailableError(
+                f"the run ledger needs Redis, which is unavailable ({type(exc).__name__}); "
+                "retry later, or leave out run_id to select without the ledger"
+            ) from exc
+        self.breaker.success()
+        return out
 
     def get(self, run_id: str, round_: int) -> StoredRound | None:
         meta_key, data_key = self._keys(run_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hget(meta_key, str(round_))
-        pipe.hget(data_key, str(round_))
-        meta, data = self._call(pipe.execute)
-        if meta is None or data is None:
+
+        def fetch() -> Any:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hget(meta_key, str(round_))
+            pipe.hget(data_key, str(round_))
+            return pipe.execute()
+
+        meta, data = self._call(fetch)
+        if meta is None and data is None:
             return None
-        m = json.loads(meta)
+        if meta is None or data is None:
+            raise _damaged(run_id, round_, "half of the entry is missing")
+        m = _parse_meta(run_id, round_, meta)
         q, k = m["shape"]
+        if len(data) != 8 * q * k:
+            raise _damaged(run_id, round_, f"{len(data)} bytes of results for shape {q}x{k}")
         indices = np.frombuffer(data, dtype="<i4", count=q * k).reshape(q, k).astype(np.int64)
         scores = np.frombuffer(data, dtype="<f4", offset=4 * q * k).reshape(q, k).copy()
         selected = None if m["selected"] is None else np.asarray(m["selected"], dtype=np.int64)
         return StoredRound(round_, m["params"], m["created_at"], SelectResult(indices, scores, selected, "stored"))
 
     def previous_selected(self, run_id: str, round_: int) -> list[int]:
-        """Candidates selected in the run's rounds before ``round_``, in round order."""
+        """Candidates selected in the run's rounds before ``round_``, in round order.
+
+        Every earlier round (0 .. round_-1) must be stored: a gap (Redis lost data, or rounds asked
+        out of order) is a :class:`MissingRoundsError` (409), never a silently different exclusion.
+        """
         meta_key, _ = self._keys(run_id)
         metas = self._call(lambda: self.client.hgetall(meta_key))
+        earlier = [(r, raw) for r, raw in _round_numbers(run_id, metas) if r < round_]
+        missing = sorted(set(range(round_)) - {r for r, _ in earlier})
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise MissingRoundsError(
+                f"run {run_id!r} round {round_} asks to exclude earlier rounds, but round(s) {shown} "
+                "are not in the ledger (asked out of order, or Redis lost them); ask those rounds first, "
+                "or use a new run_id"
+            )
         out: list[int] = []
-        for r, raw in sorted(((int(r), raw) for r, raw in metas.items()), key=lambda x: x[0]):
-            if r < round_:
-                out.extend(json.loads(raw)["selected"] or [])
+        for r, raw in earlier:
+            out.extend(_parse_meta(run_id, r, raw)["selected"] or [])
         return out
 
     def put(self, run_id: str, round_: int, params: dict[str, Any], result: SelectResult) -> StoredRound:
@@ -142,14 +216,14 @@ class Ledger:
         if not metas:
             raise NotFoundError(f"no run {run_id!r} in the ledger for this pool and model")
         out = []
-        for r, raw in sorted(((int(r), raw) for r, raw in metas.items()), key=lambda x: x[0]):
-            m = json.loads(raw)
+        for r, raw in _round_numbers(run_id, metas):
+            m = _parse_meta(run_id, r, raw)
             out.append(
                 {
                     "round": r,
                     "selected": len(m["selected"] or []),
-                    "max_k": m["params"]["max_k"],
-                    "strategy": m["params"]["strategy"],
+                    "max_k": m["params"].get("max_k"),
+                    "strategy": m["params"].get("strategy"),
                     "created_at": m["created_at"],
                 }
             )

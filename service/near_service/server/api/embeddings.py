@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import base64
 
-from fastapi import APIRouter
+import numpy as np
+from fastapi import APIRouter, Request, Response
 from near_schema import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, Usage
 
 from near_service.core.errors import InputError
-from near_service.server.api.deps import PoolDep, StateDep
+from near_service.server.api.deps import ClientGone, PoolDep, StateDep, unless_disconnected
 from near_service.server.selector import check_texts
+from near_service.server.state import ServiceState
 
 router = APIRouter(tags=["embeddings"])
 
@@ -21,9 +23,11 @@ router = APIRouter(tags=["embeddings"])
 @router.post(
     "/v1/embeddings",
     response_model=EmbeddingsResponse,
-    responses={c: {"model": ErrorBody} for c in (401, 413, 422, 429, 503)},
+    responses={c: {"model": ErrorBody} for c in (401, 408, 413, 422, 429, 503)},
 )
-async def embeddings(req: EmbeddingsRequest, state: StateDep, pool: PoolDep) -> EmbeddingsResponse:
+async def embeddings(
+    req: EmbeddingsRequest, request: Request, state: StateDep, pool: PoolDep
+) -> EmbeddingsResponse | Response:
     """Embed ``input`` (a text or a list) with the service's model, as documents (no prompt)."""
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
     if not texts:
@@ -35,9 +39,11 @@ async def embeddings(req: EmbeddingsRequest, state: StateDep, pool: PoolDep) -> 
     dim = int(pool.vectors.shape[1])
     if req.dimensions is not None and req.dimensions != dim:
         raise InputError(f"dimensions {req.dimensions} is not supported: the model gives {dim}")
-    loop = asyncio.get_running_loop()
     with state.admitted():
-        vectors, tokens = await loop.run_in_executor(state.model_executor, state.embed_documents, texts)
+        try:
+            vectors, tokens = await unless_disconnected(request, _embed_in_chunks(state, texts))
+        except ClientGone:
+            return Response(status_code=499)
     data = [
         EmbeddingData(
             index=i,
@@ -48,3 +54,18 @@ async def embeddings(req: EmbeddingsRequest, state: StateDep, pool: PoolDep) -> 
         for i, v in enumerate(vectors)
     ]
     return EmbeddingsResponse(data=data, model=name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+async def _embed_in_chunks(state: ServiceState, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Embed ``texts`` ``embed_chunk_texts`` at a time: the model thread takes /select batches between
+    the chunks, and a cancelled request stops before its next chunk."""
+    loop = asyncio.get_running_loop()
+    step = state.settings.embed_chunk_texts
+    parts, tokens = [], 0
+    for start in range(0, len(texts), step):
+        vectors, n = await loop.run_in_executor(
+            state.model_executor, state.embed_documents, texts[start : start + step]
+        )
+        parts.append(vectors)
+        tokens += n
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), tokens

@@ -8,6 +8,7 @@ else is a 500 ``internal`` that names no internals.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,13 +61,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # FastAPI: a body that is not UTF-8 JSON; the same 422 as any bad body
+            message = f"invalid request: {exc.detail} (send a UTF-8 JSON body)"
+            return JSONResponse(error_body("invalid_input", message), status_code=422)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # the body names no internals (not even the exception class); the id finds the traceback in the log
+        request_id = uuid.uuid4().hex[:16]
+        log.error("unhandled error on %s %s [request %s]", request.method, request.url.path, request_id, exc_info=exc)
         return JSONResponse(
-            error_body("internal", f"internal error ({type(exc).__name__}); see the service log"), status_code=500
+            error_body("internal", f"internal error; see the service log (request {request_id})"),
+            status_code=500,
+            headers={"X-Request-ID": request_id},
         )
 
     app.add_exception_handler(NearError, near_error)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from near_schema import ErrorBody, HealthResponse, InfoResponse, PoolInfo, Progress, ReadyResponse
+from near_schema import ErrorBody, HealthResponse, InfoResponse, MemoryPlanInfo, PoolInfo, Progress, ReadyResponse
 
 from near_service import __version__
 from near_service.server.api.deps import PoolDep, StateDep
@@ -54,4 +56,5 @@ async def info(state: StateDep, pool: PoolDep) -> InfoResponse:
         index=state.settings.index,
         redis=state.redis_state,
         pool=PoolInfo(size=pool.size, fingerprint=pool.fingerprint, model=d["model"]),
+        memory=MemoryPlanInfo(**dataclasses.asdict(state.memory_plan)) if state.memory_plan else None,
     )

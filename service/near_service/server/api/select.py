@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from near_schema import ErrorBody, SelectRequest, SelectResponse
 
-from near_service.server.api.deps import SelectorDep, StateDep
+from near_service.server.api.deps import ClientGone, SelectorDep, StateDep, unless_disconnected
+
+#: Answers with more (query, neighbour) pairs than this are streamed in chunks of rows.
+STREAM_ENTRIES = 65536
+#: What a client that hung up is "answered" (nginx's convention; nobody reads it, /metrics counts it).
+CLIENT_CLOSED = 499
 
 router = APIRouter(tags=["select"])
 
@@ -16,8 +22,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, why in [
         (401, "Missing or wrong API key."),
         (409, "This (run_id, round) is stored with different parameters."),
-        (413, "Too many queries, a query too long, or a body too large."),
-        (422, "Invalid request: max_k over the pool size or limit, budget too large, bad fields."),
+        (408, "The request body arrived too slowly (NEAR_BODY_TIMEOUT)."),
+        (413, "Too many queries, a query too long, queries x max_k over NEAR_MAX_RESULT_ENTRIES, or a body too large."),
+        (422, "Invalid request: bad fields or JSON, max_k over the pool size or limit, budget too large."),
         (429, "Queue full; retry after the Retry-After header."),
         (503, "Not ready yet, or run_id given and Redis unavailable."),
     ]
@@ -25,7 +32,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/select", response_model=SelectResponse, responses=_ERRORS)
-async def select_endpoint(req: SelectRequest, state: StateDep, selector: SelectorDep) -> Response:
+async def select_endpoint(req: SelectRequest, request: Request, state: StateDep, selector: SelectorDep) -> Response:
     """Find each query's ``max_k`` nearest candidates (nearest first) and, with ``budget``, pick that
     many unique candidates (``round_robin``: DataFlex's order; ``max_score``: best score first).
 
@@ -33,8 +40,19 @@ async def select_endpoint(req: SelectRequest, state: StateDep, selector: Selecto
     it unchanged (``source: stored``; 409 if asked with different parameters); ``exclude_previous``
     leaves out what the run's earlier rounds selected.
     """
+    selector.check(req)  # a request over the limits is refused before it takes a place in the queue
     with state.admitted():
-        result = await selector.select(req)
+        try:
+            result = await unless_disconnected(request, selector.select(req))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        if result.indices.size > STREAM_ENTRIES:  # no second whole copy of a big answer in memory
+            return StreamingResponse(
+                selector.encode_chunks(result), media_type="application/json", headers=_timing(result.timings)
+            )
         body = await selector.encode_async(result)
-    timing = ", ".join(f"{k.removesuffix('_s')};dur={v * 1000:.3f}" for k, v in result.timings.items())
-    return Response(body, media_type="application/json", headers={"Server-Timing": timing})
+    return Response(body, media_type="application/json", headers=_timing(result.timings))
+
+
+def _timing(timings: dict[str, float]) -> dict[str, str]:
+    return {"Server-Timing": ", ".join(f"{k.removesuffix('_s')};dur={v * 1000:.3f}" for k, v in timings.items())}

@@ -1,0 +1,234 @@
+"""The pool vector store: one memory-mapped float32 file per (embedder namespace, pool fingerprint).
+
+A million-row pool as a million Redis or SQLite entries costs minutes to read back at every start;
+as one contiguous ``.npy`` file it is mapped in a second and searched in place (no copy). Layout::
+
+    <cache_dir>/pools/<namespace>/<fingerprint>.npy     float32 (count, dims), L2-normalised rows
+    <cache_dir>/pools/<namespace>/<fingerprint>.json    manifest: model, namespace, dims, count, checksum
+
+Both are written to a temporary name, flushed and renamed, the manifest last, so a reader sees a
+whole pool file or none. :meth:`PoolVectorStore.load` checks the manifest against the pool, the file
+size, a checksum over the header and a sample of rows, and every row's norm (which also faults the
+pages in, so the first search does not read the disk). A file that fails any check is moved aside
+(``*.damaged-<time>``) with a warning and the caller embeds the pool again: damage never crashes.
+
+>>> store = PoolVectorStore(tmp_path)                                            # doctest: +SKIP
+>>> store.save(embedder.namespace, pool.fingerprint, vectors, model="all-MiniLM-L6-v2")   # doctest: +SKIP
+>>> store.load(embedder.namespace, pool.fingerprint, count=len(texts)) is not None        # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "sample_checksum"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+NORM_TOLERANCE = 2e-3  # |norm - 1| of a stored row; float32 rounding is ~1e-7, damage is far off
+_BLOCK_ROWS = 65536
+_SAMPLE_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class PoolManifest:
+    """What a pool file holds; written next to it as JSON."""
+
+    namespace: str
+    fingerprint: str
+    model: str
+    count: int
+    dims: int
+    checksum: str  # sha256 over the shape and a sample of rows (see sample_checksum)
+    dtype: str = "float32"
+    source: str = "embedded"  # embedded | imported:<file name> | ray
+    created: float = 0.0
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PoolManifest:
+        data: dict[str, Any] = json.loads(text)
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def sample_checksum(vectors: np.ndarray) -> str:
+    """sha256 over the shape, the dtype and up to 1024 evenly spaced rows (first and last included)."""
+    n, d = vectors.shape
+    h = hashlib.sha256(f"{n}x{d}:{vectors.dtype.str}".encode())
+    if n:
+        rows = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).astype(np.int64))
+        h.update(np.ascontiguousarray(vectors[rows]).tobytes())
+    return h.hexdigest()
+
+
+def _bad_rows(vectors: np.ndarray) -> tuple[int, int]:
+    """(rows whose norm is off 1 or not finite, first such row or -1), reading the array once."""
+    bad, first = 0, -1
+    for start in range(0, len(vectors), _BLOCK_ROWS):
+        block = vectors[start : start + _BLOCK_ROWS]
+        norms = np.einsum("ij,ij->i", block, block)
+        off = ~(np.abs(norms - 1.0) <= 2 * NORM_TOLERANCE)  # squared norm; NaN counts as off
+        if off.any():
+            if first < 0:
+                first = start + int(np.flatnonzero(off)[0])
+            bad += int(off.sum())
+    return bad, first
+
+
+class PoolVectorStore:
+    """Pool files under ``<cache_dir>/pools``; see the module docstring for layout and checks."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir).expanduser() / "pools"
+
+    def paths(self, namespace: str, fingerprint: str) -> tuple[Path, Path]:
+        folder = self.root / namespace
+        return folder / f"{fingerprint}.npy", folder / f"{fingerprint}.json"
+
+    def manifest(self, namespace: str, fingerprint: str) -> PoolManifest | None:
+        """The manifest of a stored pool, or None when there is none (or it is unreadable)."""
+        _, meta = self.paths(namespace, fingerprint)
+        try:
+            return PoolManifest.from_json(meta.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            self._quarantine(namespace, fingerprint, f"unreadable manifest ({exc})")
+            return None
+
+    def load(self, namespace: str, fingerprint: str, count: int, dims: int | None = None) -> np.ndarray | None:
+        """The stored vectors of this pool, memory-mapped read-only; None if absent or damaged."""
+        path, _ = self.paths(namespace, fingerprint)
+        meta = self.manifest(namespace, fingerprint)
+        if meta is None:
+            if path.exists():  # a file without its manifest: a write that did not finish
+                self._quarantine(namespace, fingerprint, "no manifest")
+            return None
+        t0 = time.perf_counter()
+        problem = None
+        vectors: np.ndarray | None = None
+        if (meta.namespace, meta.fingerprint, meta.count) != (namespace, fingerprint, count):
+            problem = f"manifest is for {meta.count} rows of pool {meta.fingerprint}, not {count} rows of {fingerprint}"
+        elif dims is not None and meta.dims != dims:
+            problem = f"{meta.dims} dims stored, the model has {dims}"
+        else:
+            try:
+                mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+                vectors = np.asarray(mapped)  # a plain ndarray view of the mapping: no copy
+            except (OSError, ValueError, EOFError) as exc:  # a truncated file fails here
+                problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if vectors is not None and problem is None:
+            if (
+                vectors.shape != (meta.count, meta.dims)
+                or vectors.dtype != np.float32
+                or not vectors.flags.c_contiguous
+            ):
+                problem = f"holds {vectors.dtype} {vectors.shape}, manifest says float32 ({meta.count}, {meta.dims})"
+            elif sample_checksum(vectors) != meta.checksum:
+                problem = "checksum mismatch"
+            else:
+                bad, first = _bad_rows(vectors)
+                if bad:
+                    problem = f"{bad} rows are not unit vectors (first: row {first})"
+        if problem is not None:
+            del vectors
+            self._quarantine(namespace, fingerprint, problem)
+            return None
+        assert vectors is not None
+        log.info(
+            "pool vectors: mapped %s (%d x %d, %.0f MiB) in %.2fs",
+            path,
+            meta.count,
+            meta.dims,
+            vectors.nbytes / 2**20,
+            time.perf_counter() - t0,
+        )
+        return vectors
+
+    def save(
+        self, namespace: str, fingerprint: str, vectors: np.ndarray, model: str, source: str = "embedded"
+    ) -> PoolManifest:
+        """Write ``vectors`` (float32, L2-normalised rows) as this pool's file, atomically."""
+        with self.writer(namespace, fingerprint, vectors.shape[0], vectors.shape[1], model, source) as out:
+            for start in range(0, len(vectors), _BLOCK_ROWS):
+                out[start : start + _BLOCK_ROWS] = vectors[start : start + _BLOCK_ROWS]
+        meta = self.manifest(namespace, fingerprint)
+        assert meta is not None
+        return meta
+
+    @contextlib.contextmanager
+    def writer(
+        self, namespace: str, fingerprint: str, count: int, dims: int, model: str, source: str = "embedded"
+    ) -> Iterator[np.ndarray]:
+        """Yield a writable (count, dims) float32 mapping of a temporary file; on a clean exit it is
+        flushed, checksummed and renamed into place with its manifest (on an error it is removed)."""
+        path, meta_path = self.paths(namespace, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        tmp = path.with_name(f".{path.name}.tmp-{tag}")
+        tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp-{tag}")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dims))  # type: ignore[no-untyped-call]
+        try:
+            yield out
+            out.flush()
+            meta = PoolManifest(
+                namespace=namespace,
+                fingerprint=fingerprint,
+                model=model,
+                count=count,
+                dims=dims,
+                checksum=sample_checksum(out),
+                source=source,
+                created=time.time(),
+            )
+            del out
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            tmp_meta.write_text(meta.to_json(), encoding="utf-8")
+            with contextlib.suppress(FileNotFoundError):
+                meta_path.unlink()  # never leave an old manifest beside a new file
+            os.replace(tmp, path)
+            os.replace(tmp_meta, meta_path)
+            log.info("pool vectors: wrote %s (%d x %d, %s)", path, count, dims, source)
+        finally:
+            for leftover in (tmp, tmp_meta):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    def _quarantine(self, namespace: str, fingerprint: str, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        moved = []
+        for p in self.paths(namespace, fingerprint):
+            if p.exists():
+                target = p.with_name(f"{p.name}.damaged-{stamp}")
+                with contextlib.suppress(OSError):
+                    os.replace(p, target)
+                    moved.append(target.name)
+        log.warning(
+            "pool vectors for %s/%s are damaged (%s); moved aside as %s, the pool will be embedded again",
+            namespace,
+            fingerprint,
+            reason,
+            ", ".join(moved) or "-",
+        )
+
+    def size_bytes(self) -> int:
+        """Bytes of every pool file in the store."""
+        return sum(p.stat().st_size for p in self.root.glob("*/*.npy")) if self.root.exists() else 0

@@ -1,0 +1,126 @@
+"""Issue 9 (part A) faults that need real sockets: a real uvicorn (in a thread, with the fake model).
+
+Before: an unauthenticated 300 MiB body was read in full before its 401; a client trickling a body
+held its request open forever; a client that hung up still had all its queries embedded.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from near_service.core.settings import load_settings
+from near_service.server.app import create_app
+from tests.conftest import free_port
+from tests.fakes import FakeEmbedder
+from tests.service.api_data import qa_records, write_jsonl
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    app: Any
+    embedder: FakeEmbedder
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(**settings: object) -> Served:
+        pool = write_jsonl(tmp_path / f"pool{len(servers)}.jsonl", qa_records(40))
+        settings.setdefault("cache_dir", "")
+        app = create_app(load_settings(candidates=[pool], **settings), embedder=FakeEmbedder())
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {settings['api_key']}"} if "api_key" in settings else {}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "in-thread uvicorn did not get ready"
+            time.sleep(0.05)
+        return Served(url, port, app, app.state.embedder)
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def _raw(port: int, head: bytes, body: bytes = b"", read_timeout: float = 10.0) -> tuple[bytes, float]:
+    """Send ``head`` (and ``body``) on a raw socket; the status line and how long it took to come."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        s.sendall(head + body)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0], time.monotonic() - t0
+
+
+def test_auth_refuses_a_huge_body_without_reading_it(serve: Any) -> None:
+    svc = serve(api_key="k3y")
+    head = (
+        b"POST /select HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 314572800\r\n\r\n"  # 300 MiB announced, 2 bytes sent
+    )
+    status, took = _raw(svc.port, head, b'{"', read_timeout=5)
+    assert status.startswith(b"HTTP/1.1 401"), status
+    assert took < 2.0
+
+
+def test_a_body_that_trickles_in_gets_408(serve: Any) -> None:
+    svc = serve(body_timeout=1.0)
+    head = b"POST /select HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    status, took = _raw(svc.port, head, b'{"queries":', read_timeout=10)
+    assert status.startswith(b"HTTP/1.1 408"), status
+    assert 0.9 < took < 5.0
+    assert httpx.post(f"{svc.url}/select", json={"queries": ["apples"], "max_k": 1}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_parsing(serve: Any) -> None:
+    svc = serve(max_queries=8, max_query_chars=100)  # body limit 8 x 4 KiB + 600
+    r = httpx.post(f"{svc.url}/select", content=b"[" + b'"a",' * 20000 + b'"a"]')
+    assert r.status_code == 413 and "NEAR_MAX_BODY_BYTES" in r.json()["error"]["message"]
+
+
+def test_a_client_that_hangs_up_stops_its_embedding(serve: Any) -> None:
+    svc = serve(embed_chunk_texts=64)
+    backend = svc.embedder.backend
+    encode = backend.encode
+
+    def slow(texts: Any) -> Any:
+        time.sleep(0.05)
+        return encode(texts)
+
+    backend.encode = slow
+    queries = [f"question number {i} about apples" for i in range(4096)]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{svc.url}/select", json={"queries": queries, "max_k": 1}, timeout=httpx.Timeout(0.5, connect=5))
+    time.sleep(1.0)
+    embedded_then = sum(backend.calls)
+    time.sleep(0.5)
+    assert sum(backend.calls) == embedded_then  # nothing more after the hang-up
+    assert embedded_then < 4096 / 2, embedded_then  # 64 texts per 50 ms call: about 1,000 at most
+    assert httpx.post(f"{svc.url}/select", json={"queries": ["apples"], "max_k": 1}).status_code == 200
