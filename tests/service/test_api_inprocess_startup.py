@@ -27,6 +27,7 @@ pytestmark = pytest.mark.inprocess
         ([], "no candidate pool"),
         (["--candidates", "x.jsonl", "--max-k-limit", "0"], "max_k_limit"),
         (["--candidates", "x.jsonl", "--template", "{unclosed"], "template"),
+        (["--candidates", "x.jsonl", "--model", "/nonexistent/model"], "model '/nonexistent/model' is not a local"),
     ],
 )
 def test_serve_bad_settings_exit_2_before_the_model_loads(
@@ -38,10 +39,12 @@ def test_serve_bad_settings_exit_2_before_the_model_loads(
         raise AssertionError("bad settings reached uvicorn.run")
 
     monkeypatch.setattr(uvicorn, "run", served)
+    monkeypatch.setattr(uvicorn.Server, "run", served)
     monkeypatch.setenv("NEAR_CANDIDATES", "[]")
     assert cli_main(["serve", "--port", str(free_port()), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1, err  # the reason alone, no traceback
     assert "Loading" not in err and "Uvicorn running" not in err
 
 

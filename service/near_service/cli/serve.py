@@ -29,6 +29,10 @@ def _cmd_serve(ns: argparse.Namespace, settings: Settings) -> int:
 
         check_settings(settings)
         embedder = import_pool_vectors(settings)
+    if embedder is None:  # resolve the model now (no weights loaded): a bad one is one "error:" line, exit 2
+        from near_service.core.embedder import Embedder
+
+        embedder = Embedder.from_settings(settings)
     app = create_app(settings, embedder)  # checks the settings first: ConfigError -> "error: ..." and exit 2
     config = uvicorn.Config(
         app,

@@ -11,6 +11,7 @@ and the HTTP status the service answers with. The CLI prints ``error: <message>`
     │   └── BudgetError        422  fewer unique candidates than the budget asks for
     ├── AuthError              401  missing or wrong API key
     ├── NotFoundError          404  unknown run id
+    ├── BodyTimeoutError       408  the request body did not arrive within NEAR_BODY_TIMEOUT
     ├── ConflictError          409  a stored (run_id, round) asked again with different parameters
     │   ├── MissingRoundsError 409  exclude_previous, but earlier rounds of the run are not in the ledger
     │   └── LedgerDamagedError 409  a ledger entry that cannot be read back
@@ -63,6 +64,13 @@ class AuthError(NearError):
 class NotFoundError(NearError):
     code = "not_found"
     status = 404
+
+
+class BodyTimeoutError(NearError):
+    """408: the request body did not arrive within ``body_timeout`` seconds (a trickling client)."""
+
+    code = "request_timeout"
+    status = 408
 
 
 class ConflictError(NearError):

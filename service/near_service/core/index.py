@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from near_service.core.errors import MaxKError
+from near_service.core.settings import IndexKind, Storage
 from near_service.core.topk import numpy_topk, sort_rows, torch_blocks, torch_topk, torch_topk_dropped
 
 __all__ = [
@@ -41,9 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IndexKind = Literal["flat", "ivf", "hnsw"]
-Storage = Literal["float32", "float16"]
 
 
 def first_occurrence(texts: Sequence[str]) -> np.ndarray:

@@ -18,9 +18,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from near_service.core.errors import ConfigError, InputError
-from near_service.core.index import IndexKind, Storage
 from near_service.core.records import check_template
 
+IndexKind = Literal["flat", "ivf", "hnsw"]
+Storage = Literal["float32", "float16"]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 Backend = Literal["auto", "sentence-transformers", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]

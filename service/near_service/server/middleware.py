@@ -14,17 +14,10 @@ import secrets
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from near_service.core.errors import AuthError, LimitError, NearError
+from near_service.core.errors import AuthError, BodyTimeoutError, LimitError, NearError
 from near_service.server.api.errors import error_response
 
 OPEN_PATHS = frozenset({"/health"})
-
-
-class BodyTimeoutError(NearError):
-    """408: the request body did not arrive within ``body_timeout`` seconds (a trickling client)."""
-
-    code = "request_timeout"
-    status = 408
 
 
 async def send_error(send: Send, exc: NearError, headers: dict[str, str] | None = None) -> None:
