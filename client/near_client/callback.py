@@ -22,10 +22,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from near_schema import PoolInfo, Strategy, fingerprint
+from near_schema import PoolInfo, SelectResponse, Strategy, fingerprint
 
 from .client import NearClient, retryable
-from .errors import APIError, InvalidResponseError, NearClientError, PoolMismatchError, ServerError
+from .errors import APIError, ConflictError, InvalidResponseError, NearClientError, PoolMismatchError, ServerError
 
 try:
     import torch
@@ -266,15 +266,36 @@ class NearSelectionCallback(TrainerCallback):
         if self._pool is None:
             self._check_pool()
         ledger = self.use_ledger
-        answer = self.client.select(
-            queries,
-            self.max_k,
-            budget=self._budget,
-            strategy=self.strategy,
-            run_id=self._run_id if ledger else None,
-            round=r if ledger else None,
-            exclude_previous=self.exclude_previous and ledger,
-        )
+
+        def ask(rr: int) -> SelectResponse:
+            return self.client.select(
+                queries,
+                self.max_k,
+                budget=self._budget,
+                strategy=self.strategy,
+                run_id=self._run_id if ledger else None,
+                round=rr if ledger else None,
+                exclude_previous=self.exclude_previous and ledger,
+            )
+
+        try:
+            answer = ask(r)
+        except ConflictError as exc:
+            if exc.code != "missing_rounds":
+                raise
+            # Earlier rounds are not in the ledger (the service was down when they were due, or Redis
+            # lost them): store them now, in order, so what exclude_previous leaves out is the same on
+            # every rerun. A round already stored answers 409 "conflict" (other queries): it is there.
+            log.warning(
+                "run %s: rounds before %d are missing from the service's ledger; filling them in", self._run_id, r
+            )
+            for earlier in range(r):
+                try:
+                    ask(earlier)
+                except ConflictError as fill_exc:
+                    if fill_exc.code != "conflict":
+                        raise
+            answer = ask(r)
         if answer.pool.size != self._pool_size() or (self._pool and answer.pool.fingerprint != self._pool.fingerprint):
             raise PoolMismatchError(
                 f"the service's pool changed: now {answer.pool.size} samples, fingerprint "

@@ -112,3 +112,17 @@ def test_highest_loss_queries(fake: FakeNearService, tmp_path: Path) -> None:
         ]
     np.testing.assert_allclose(queries.last_losses, one_by_one, rtol=1e-4)
     assert sent == [texts[i] for i in np.argsort(one_by_one)[::-1][:2]]
+
+
+def test_missing_earlier_rounds_are_filled_in_before_exclude_previous(
+    fake: FakeNearService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # round 0 failed while it was due (service down), so round 1 with exclude_previous finds it missing
+    missing = (409, {"error": {"code": "missing_rounds", "message": "round(s) 0 are not in the ledger"}})
+    fake.script("/select", UNAVAILABLE, UNAVAILABLE, missing)  # steps 2 and 3: round 0 fails; step 4: round 1
+    with caplog.at_level(logging.WARNING, logger="near_client"):
+        callback, _ = train(fake, tmp_path, max_steps=4, exclude_previous=True)
+    assert [r.body["round"] for r in fake.seen("/select")] == [0, 0, 1, 0, 1]  # fail, fail, 409, fill 0, ask 1
+    assert all(r.body["exclude_previous"] for r in fake.seen("/select"))
+    assert [h["round"] for h in callback.history] == [1]
+    assert "missing from the service's ledger; filling them in" in caplog.text
