@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
 from near_schema import (
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -39,7 +41,6 @@ from near_schema import (
     SelectResponse,
     Strategy,
 )
-from pydantic import BaseModel, ValidationError
 
 from .errors import (
     APIError,

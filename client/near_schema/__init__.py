@@ -17,7 +17,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-Strategy = Literal["round_robin", "max_score"]
+Strategy = Literal["density", "round_robin", "max_score", "importance"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 LoadStatus = Literal["ready", "loading", "failed"]
 RedisStatus = Literal["ok", "degraded", "disabled"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from near_schema import STRATEGIES
 
+from near_schema import STRATEGIES
 from near_service import __version__
 from near_service.cli.args import add_settings_args
 from near_service.core.embedder import Embedder, EmbedStats

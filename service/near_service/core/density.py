@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["K_MAX", "KBAND", "STATS_VERSION", "PoolStats", "bandwidth", "compute_pool_stats", "kp_grid"]
+__all__ = ["KBAND", "K_MAX", "STATS_VERSION", "PoolStats", "bandwidth", "compute_pool_stats", "kp_grid"]
 
 log = logging.getLogger(__name__)
 

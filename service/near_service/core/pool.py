@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from near_schema import ResultSource
 
+from near_schema import ResultSource
 from near_service.core.embedder import Embedder, EmbeddingStore, EmbedStats
 from near_service.core.index import IndexKind, VectorIndex, first_occurrence
 from near_service.core.records import fingerprint

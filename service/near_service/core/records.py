@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from near_schema import fingerprint
-
 from near_service.core.errors import InputError, RecordError
 
 __all__ = ["fingerprint", "load_records", "load_texts", "record_shape", "render_records"]

@@ -24,8 +24,8 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import orjson
-from near_schema import PoolInfo, SelectRequest, fingerprint
 
+from near_schema import PoolInfo, SelectRequest, fingerprint
 from near_service.core.errors import LimitError, MaxKError, UnavailableError
 from near_service.core.pool import Pool, SelectResult
 from near_service.core.settings import Settings

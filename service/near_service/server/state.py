@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from near_schema import LoadStatus, RedisStatus
 
+from near_schema import LoadStatus, RedisStatus
 from near_service.core.embedder import Embedder, EmbeddingStopped, EmbedStats
 from near_service.core.errors import ConfigError, OverloadedError, UnavailableError
 from near_service.core.memory import MemoryPlan, prepare_search

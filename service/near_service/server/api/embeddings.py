@@ -10,8 +10,8 @@ import base64
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from near_schema import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, Usage
 
+from near_schema import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, Usage
 from near_service.core.errors import InputError
 from near_service.server.api.deps import ClientGone, PoolDep, StateDep, unless_disconnected
 from near_service.server.selector import check_texts

@@ -6,8 +6,8 @@ import dataclasses
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from near_schema import ErrorBody, HealthResponse, InfoResponse, MemoryPlanInfo, PoolInfo, Progress, ReadyResponse
 
+from near_schema import ErrorBody, HealthResponse, InfoResponse, MemoryPlanInfo, PoolInfo, Progress, ReadyResponse
 from near_service import __version__
 from near_service.server.api.deps import PoolDep, StateDep
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Path
-from near_schema import RUN_ID_PATTERN, ErrorBody, PoolInfo, RunInfo, RunRound
 
+from near_schema import RUN_ID_PATTERN, ErrorBody, PoolInfo, RunInfo, RunRound
 from near_service.server.api.deps import PoolDep, StateDep
 
 router = APIRouter(tags=["runs"])

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from near_schema import ErrorBody, SelectRequest, SelectResponse
 
+from near_schema import ErrorBody, SelectRequest, SelectResponse
 from near_service.server.api.deps import ClientGone, SelectorDep, StateDep, unless_disconnected
 
 #: Answers with more (query, neighbour) pairs than this are streamed in chunks of rows.
