@@ -99,7 +99,7 @@ class NearSelectionCallback(TrainerCallback):
         update_times: int,
         max_k: int,
         budget: int | None = None,
-        strategy: Strategy = "round_robin",
+        strategy: Strategy = "density",
         exclude_previous: bool = False,
         run_id: str | None = None,
         pool_texts: Sequence[str] | None = None,

@@ -6,7 +6,7 @@ Both sides import this package and nothing else of each other: the service for i
 pydantic, so importing it stays cheap.
 
 >>> SelectRequest(queries=["What is 2 + 2?"], max_k=10).strategy
-'round_robin'
+'density'
 """
 
 from __future__ import annotations
@@ -80,7 +80,12 @@ class SelectRequest(_Model):
     queries: list[Text] = Field(min_length=1, description="Query (target/validation) texts.")
     max_k: int = Field(ge=1, description="Neighbours per query; at most the pool size.")
     budget: int | None = Field(None, ge=1, description="Also return this many unique candidates.")
-    strategy: Strategy = Field("round_robin", description="How the budget is filled.")
+    strategy: Strategy = Field(
+        "density",
+        description="How the budget is filled: density (recommended: target density over the candidate's "
+        "pool-neighbourhood density), round_robin (DataFlex's order), max_score, importance (target over "
+        "pool density).",
+    )
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run for the ledger.")
     round: int | None = Field(None, ge=0, le=100_000, description="Update round within the run.")
     exclude_previous: bool = Field(False, description="Leave out candidates selected in earlier rounds.")

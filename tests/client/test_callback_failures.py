@@ -126,3 +126,10 @@ def test_missing_earlier_rounds_are_filled_in_before_exclude_previous(
     assert all(r.body["exclude_previous"] for r in fake.seen("/select"))
     assert [h["round"] for h in callback.history] == [1]
     assert "missing from the service's ledger; filling them in" in caplog.text
+
+
+@pytest.mark.parametrize(("given", "sent"), [({}, "density"), ({"strategy": "importance"}, "importance")])
+def test_callback_sends_its_strategy(fake: FakeNearService, tmp_path: Path, given: dict[str, Any], sent: str) -> None:
+    train(fake, tmp_path, budget=8, **given)
+    bodies = [r.body for r in fake.requests if r.path == "/select"]
+    assert bodies and all(b["strategy"] == sent and b["budget"] == 8 for b in bodies)

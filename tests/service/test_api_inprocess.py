@@ -44,7 +44,7 @@ def test_select_answers_with_neighbours_and_a_budget(svc: InProcessService) -> N
     assert "search;dur=" in r.headers["server-timing"]
 
 
-@pytest.mark.parametrize("strategy", ["round_robin", "max_score"])
+@pytest.mark.parametrize("strategy", ["density", "round_robin", "max_score", "importance"])
 def test_select_is_deterministic_and_scores_are_sorted(svc: InProcessService, strategy: str) -> None:
     first = select(svc, queries=_queries(), max_k=12, budget=9, strategy=strategy).json()
     again = select(svc, queries=_queries(), max_k=12, budget=9, strategy=strategy).json()

@@ -62,7 +62,7 @@ def test_exclude_previous_and_listing(svc: InProcessService) -> None:
     assert listing.status_code == 200, listing.text
     info = listing.json()
     assert info["run_id"] == "run/c" and [x["round"] for x in info["rounds"]] == [0, 1, 2]
-    assert all(x["selected"] == 6 and x["max_k"] == 20 and x["strategy"] == "round_robin" for x in info["rounds"])
+    assert all(x["selected"] == 6 and x["max_k"] == 20 and x["strategy"] == "density" for x in info["rounds"])
     assert info["pool"]["size"] == 40
 
 

@@ -101,7 +101,21 @@ def run(files: dict[str, Path], *extra: str, out: Path | None = None) -> int:
 
 
 def test_end_to_end_equals_numpy_brute_force(files: dict[str, Path]) -> None:
-    assert run(files, "--max-k", "20", "--dtype", "float32", "--save-embeddings", "--budget", "15") == 0
+    assert (
+        run(
+            files,
+            "--max-k",
+            "20",
+            "--dtype",
+            "float32",
+            "--save-embeddings",
+            "--budget",
+            "15",
+            "--strategy",
+            "round_robin",
+        )
+        == 0
+    )
     out = files["out"]
     top = np.load(out / "top_indices.npy")
     scores = np.load(out / "top_scores.npy")

@@ -27,8 +27,10 @@ from near_service.core.errors import BudgetError, MaxKError, NearError
 from near_service.core.index import recall_at_k
 from near_service.core.pool import Pool
 from near_service.core.records import fingerprint, load_texts
+from near_service.core.selection import DENSITY_STRATEGIES
 from near_service.core.settings import Settings
 from near_service.stores.cache import DiskCache, EmbeddingStore
+from near_service.stores.pool_stats import pool_density_stats
 from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class OfflineJob:
     out_dir: Path
     max_k: int = 1000
     budget: int | None = None
-    strategy: str = "round_robin"
+    strategy: str = "density"
     clamp: bool = False
     query_template: str | None = None
     progress: bool = True
@@ -108,6 +110,11 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
             pool_fingerprint=pool_fp,
         )
         remember_pool_vectors(settings, embedder, pool_fp, pool.vectors)
+    if job.budget is not None and job.strategy in DENSITY_STRATEGIES:
+        device = "cuda" if pool.index.device.startswith("cuda") else "cpu"
+        pool.density_stats, _ = pool_density_stats(
+            settings.cache_dir, embedder.namespace, pool_fp, pool.vectors, device
+        )
     t_pool = time.perf_counter()
     result = pool.select_texts(
         embedder, query_texts, max_k, job.budget, job.strategy, stores=stores, progress=job.progress, stats=query_stats
@@ -238,7 +245,13 @@ def add_offline_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     off.add_argument(
         "--budget", type=int, default=None, help="also write selected.json with this many unique candidates"
     )
-    off.add_argument("--strategy", choices=list(STRATEGIES), default="round_robin", help="how the budget is filled")
+    off.add_argument(
+        "--strategy",
+        choices=list(STRATEGIES),
+        default="density",
+        help="how the budget is filled: density (recommended), round_robin (DataFlex's order), max_score, "
+        "importance; see README 'Choosing a strategy'",
+    )
     off.add_argument("--clamp", action="store_true", help="clamp max_k to the pool size instead of failing")
     off.add_argument("--query-template", default=None, help="template for queries (default: --template)")
     off.add_argument(

@@ -87,7 +87,8 @@ def _blocks_numpy(
     vectors: np.ndarray, rows: np.ndarray, k: int, h: float | None, block_bytes: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """For ``rows``: their top-k other-row similarities (sorted, best first) and, given ``h``, their
-    full-pool log mean exp(s/h) (self left out)."""
+    full-pool log mean exp(s/h) (self left out). Peak memory: ~3x ``block_bytes`` (the float32 score
+    block and one float64 copy)."""
     n = len(vectors)
     step = max(1, block_bytes // max(4 * n, 1))
     top = np.empty((len(rows), k), dtype=np.float32)
@@ -95,14 +96,17 @@ def _blocks_numpy(
     for r0 in range(0, len(rows), step):
         r = rows[r0 : r0 + step]
         s = np.asarray(vectors[r], dtype=np.float32) @ np.asarray(vectors).T
-        if lse is not None and h is not None:
-            a = s.astype(np.float64) / h
-            a[np.arange(len(r)), r] = -np.inf
-            mx = a.max(axis=1, keepdims=True)
-            lse[r0 : r0 + len(r)] = mx[:, 0] + np.log(np.exp(a - mx).sum(axis=1) / (n - 1))
         s[np.arange(len(r)), r] = -np.inf  # self: exact by index (copies of the row stay)
-        part = np.partition(s, n - k, axis=1)[:, n - k :]
-        top[r0 : r0 + len(r)] = -np.sort(-part, axis=1)
+        if lse is not None and h is not None:  # in place: one float64 copy of the block at a time
+            a = s.astype(np.float64)
+            a /= h
+            mx = a.max(axis=1, keepdims=True)
+            a -= mx
+            np.exp(a, out=a)
+            lse[r0 : r0 + len(r)] = mx[:, 0] + np.log(a.sum(axis=1) / (n - 1))
+            del a
+        s.partition(n - k, axis=1)  # in place
+        top[r0 : r0 + len(r)] = -np.sort(-s[:, n - k :], axis=1)
     return top, lse
 
 
@@ -131,6 +135,9 @@ def _blocks_torch(
                 lse[r0 : r0 + len(r)] = (torch.logsumexp(a, dim=1) - np.log(n - 1)).cpu().numpy()
             s[ar, rt] = -torch.inf
             top[r0 : r0 + len(r)] = torch.topk(s, k, dim=1).values.float().cpu().numpy()
+    del base
+    if device.startswith("cuda"):  # a temporary copy of the pool: hand its memory back before serving
+        torch.cuda.empty_cache()
     return top, lse
 
 
@@ -149,12 +156,13 @@ def bandwidth(vectors: np.ndarray, device: str = "cpu", block_bytes: int = 256 <
 
 
 def compute_pool_stats(
-    vectors: np.ndarray, device: str = "cpu", k_max: int = K_MAX, block_bytes: int = 256 << 20
+    vectors: np.ndarray, device: str = "cpu", k_max: int = K_MAX, block_bytes: int = 128 << 20
 ) -> PoolStats:
     """:class:`PoolStats` of L2-normalised pool ``vectors`` by an exact blocked self-search.
 
-    Cost: n^2 d multiply-adds plus a top-(K+1) selection and one exp per pair; memory: one score
-    block (``block_bytes``) plus 12 + 1 floats a row. ``device`` "cuda" runs the blocks in torch.
+    Cost: n^2 d multiply-adds plus a top-(K+1) selection and one exp per pair; memory: ~3x
+    ``block_bytes`` on the CPU (a float32 score block and its float64 copy) plus 13 floats a row.
+    ``device`` "cuda" runs the blocks in torch.
     """
     t0 = time.perf_counter()
     n = len(vectors)

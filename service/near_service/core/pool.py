@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from near_schema import ResultSource
+from near_service.core.density import PoolStats, compute_pool_stats
 from near_service.core.embedder import Embedder, EmbeddingStore, EmbedStats
+from near_service.core.errors import InputError
 from near_service.core.index import IndexKind, VectorIndex, first_occurrence
 from near_service.core.records import fingerprint
-from near_service.core.selection import fill_budget
+from near_service.core.selection import DENSITY_STRATEGIES, fill_budget
 
 
 @dataclass
@@ -47,6 +49,17 @@ class Pool:
         self.vectors = vectors
         self.index = index
         self.fingerprint = pool_fingerprint or fingerprint(self.texts)
+        self.density_stats: PoolStats | None = None  # set by the loader (cached), or computed at first use
+        self.density_refusal: str | None = None  # set by a loader that will not compute them on a request
+
+    def ensure_density_stats(self) -> PoolStats:
+        """The pool's :class:`PoolStats`: those the loader set, or computed now (once)."""
+        if self.density_stats is None and self.density_refusal is not None:
+            raise InputError(self.density_refusal)
+        if self.density_stats is None:
+            device = "cuda" if self.index.device.startswith("cuda") else "cpu"
+            self.density_stats = compute_pool_stats(self.vectors, device)
+        return self.density_stats
 
     @property
     def size(self) -> int:
@@ -99,7 +112,7 @@ class Pool:
         queries: Sequence[str],
         max_k: int,
         budget: int | None = None,
-        strategy: str = "round_robin",
+        strategy: str = "density",
         exclude: Iterable[int] | None = None,
         stores: Sequence[EmbeddingStore] = (),
         progress: bool = False,
@@ -119,13 +132,18 @@ class Pool:
         qvecs: np.ndarray,
         max_k: int,
         budget: int | None = None,
-        strategy: str = "round_robin",
+        strategy: str = "density",
         exclude: Iterable[int] | None = None,
     ) -> SelectResult:
         """Each query vector's ``max_k`` nearest candidates and, with ``budget``, the chosen subset."""
         t1 = time.perf_counter()
         scores, indices = self.index.search(qvecs, max_k)
         t2 = time.perf_counter()
-        chosen = fill_budget(indices, scores, budget, strategy, exclude) if budget is not None else None
+        chosen = None
+        if budget is not None:
+            stats = self.ensure_density_stats() if strategy in DENSITY_STRATEGIES else None
+            chosen = fill_budget(
+                indices, scores, budget, strategy, exclude, queries=qvecs, pool_vectors=self.vectors, stats=stats
+            )
         t3 = time.perf_counter()
         return SelectResult(indices, scores, chosen, "computed", qvecs, {"search_s": t2 - t1, "select_s": t3 - t2})

@@ -25,6 +25,7 @@ from near_schema import STRATEGIES
 from near_service.core.density import PoolStats
 from near_service.core.errors import BudgetError, InputError
 
+DENSITY_STRATEGIES = ("density", "importance")  # the strategies that need the pool's PoolStats
 REACH = 2.0  # density's neighbourhood: twice the budget (docs/benchmarks.md, quality section)
 _BLOCK_BYTES = 64 << 20
 
@@ -117,7 +118,9 @@ def _density_inputs(
     indices: np.ndarray, queries: np.ndarray | None, pool_vectors: np.ndarray | None, stats: PoolStats | None, name: str
 ) -> tuple[np.ndarray, np.ndarray, PoolStats]:
     if queries is None or pool_vectors is None or stats is None:
-        raise InputError(f"strategy {name!r} needs the query vectors, the pool vectors and the pool's density statistics")
+        raise InputError(
+            f"strategy {name!r} needs the query vectors, the pool vectors and the pool's density statistics"
+        )
     if stats.size != len(pool_vectors):
         raise InputError(f"density statistics are for {stats.size} rows, the pool has {len(pool_vectors)}")
     return queries, pool_vectors, stats
@@ -152,7 +155,7 @@ def density(
     ex = list(exclude) if exclude is not None else []
     c = np.unique(np.asarray(indices, dtype=np.int64)) if candidates is None else np.asarray(candidates, np.int64)
     lt = target_log_density(q, p, c, st.h)
-    lp, _ = st.lp(int(round(REACH * budget)))
+    lp, _ = st.lp(round(REACH * budget))
     ok = lt >= typicality_floor(q, st.h)
     return _ranked(c, np.where(ok, lt - lp[c], lt), ok, budget, indices, ex)
 

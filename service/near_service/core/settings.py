@@ -22,6 +22,7 @@ from near_service.core.records import check_template
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Storage = Literal["float32", "float16"]
+DENSITY_STATS_CPU_ROWS = 200_000  # density_stats=auto computes them on CPU up to this pool size
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 Backend = Literal["auto", "sentence-transformers", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -110,6 +111,14 @@ class Settings(BaseSettings):
         "float32",
         description="How the pool's vectors are held on the GPU for exact search. float16 halves their memory; "
         "answers stay exact (float16 search, then the top K + margin rescored in float32 on the CPU).",
+    )
+    density_stats: Literal["auto", "load", "off"] = Field(
+        "auto",
+        description="The pool statistics the density and importance strategies need (an exact search of the "
+        "pool against itself, cached beside the pool vectors). auto: computed before ready on CUDA, or on CPU "
+        f"for pools of at most {DENSITY_STATS_CPU_ROWS:,} rows (about 5 min at 100k rows on 2 cores; the cost "
+        "grows with rows squared: hours at 1M); load: always; off: never. Without them those two strategies "
+        "answer 422; round_robin and max_score always work.",
     )
     ivf_nprobe: int = Field(32, ge=1, description="IVF lists probed per query (index=ivf).")
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index=hnsw).")

@@ -22,13 +22,14 @@ from near_service.core.errors import ConfigError, OverloadedError, UnavailableEr
 from near_service.core.memory import MemoryPlan, prepare_search
 from near_service.core.pool import Pool
 from near_service.core.records import fingerprint, load_texts
-from near_service.core.settings import Settings
+from near_service.core.settings import DENSITY_STATS_CPU_ROWS, Settings
 from near_service.server.batcher import QueryBatcher
 from near_service.server.metrics import CountingStore, Metrics
 from near_service.server.selector import Selector
 from near_service.stores.breaker import Breaker
 from near_service.stores.cache import DiskCache, EmbeddingStore, RedisCache
 from near_service.stores.ledger import Ledger, ledger_scope
+from near_service.stores.pool_stats import pool_density_stats, stats_path
 from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,35 @@ class ServiceState:
             # after the model (vLLM takes its share first), before ready: plan, check, copy, warm up
             vllm_share = getattr(self.embedder.load(), "gpu_memory_utilization", None)
             self.memory_plan = prepare_search(pool.index, s.gpu_storage, s.max_k_limit, s.max_queries, vllm_share)
+            # the default strategy (density) needs them: computed (or read) before ready, not on a request
+            t_stats = time.perf_counter()
+            device = "cuda" if pool.index.device.startswith("cuda") else "cpu"
+            ns, fp = self.embedder.namespace, self.fingerprint
+            cached = s.cache_dir is not None and stats_path(s.cache_dir, ns, fp).exists()
+            wanted = s.density_stats == "load" or (
+                s.density_stats == "auto" and (device == "cuda" or pool.size <= DENSITY_STATS_CPU_ROWS)
+            )
+            if cached or wanted:
+                pool.density_stats, computed = pool_density_stats(
+                    s.cache_dir, self.embedder.namespace, self.fingerprint, pool.vectors, device
+                )
+                log.info(
+                    "pool density statistics %s in %.2fs",
+                    "computed" if computed else "read from the cache",
+                    time.perf_counter() - t_stats,
+                )
+            else:
+                why = (
+                    "NEAR_DENSITY_STATS=off"
+                    if s.density_stats == "off"
+                    else f"{pool.size:,} rows on CPU is over {DENSITY_STATS_CPU_ROWS:,} (NEAR_DENSITY_STATS=auto)"
+                )
+                pool.density_refusal = (
+                    f"strategies density and importance need the pool's density statistics, which this service "
+                    f"did not compute ({why}); ask strategy round_robin or max_score, or set "
+                    "NEAR_DENSITY_STATS=load (an exact search of the pool against itself, once, cached)"
+                )
+                log.warning("pool density statistics not computed (%s): density/importance answer 422", why)
         except EmbeddingStopped as exc:
             log.warning("%s; the vectors computed so far are in the caches", exc)
             self.loading.status, self.loading.message = "failed", str(exc)

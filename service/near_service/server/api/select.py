@@ -34,7 +34,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/select", response_model=SelectResponse, responses=_ERRORS)
 async def select_endpoint(req: SelectRequest, request: Request, state: StateDep, selector: SelectorDep) -> Response:
     """Find each query's ``max_k`` nearest candidates (nearest first) and, with ``budget``, pick that
-    many unique candidates (``round_robin``: DataFlex's order; ``max_score``: best score first).
+    many unique candidates (``density``, the default: target density over the candidate's pool
+    neighbourhood's; ``round_robin``: DataFlex's order; ``max_score``: best score first;
+    ``importance``: target over pool density).
 
     With ``run_id`` + ``round`` (needs Redis) the result is stored; the same round asked again returns
     it unchanged (``source: stored``; 409 if asked with different parameters); ``exclude_previous``
