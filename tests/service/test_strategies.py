@@ -223,3 +223,25 @@ def test_density_strategies_are_a_clear_422_when_the_pool_statistics_are_off(inp
     assert "NEAR_DENSITY_STATS" in refused.json()["error"]["message"]
     assert svc.client.post("/select", json={**body, "strategy": "round_robin"}).status_code == 200
     assert svc.client.post("/select", json={"queries": ["apples"], "max_k": 5}).status_code == 200  # no budget
+
+
+def test_a_damaged_statistics_file_is_not_recomputed_where_computing_is_not_wanted(
+    inprocess: InProcessFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``wanted`` is False for ``off`` and for a large pool on CPU under ``auto`` (hours of work there):
+    a stored file is still used then, but a damaged one must not start the computation."""
+    cache = tmp_path / "cache"
+    inprocess(cache_dir=str(cache))  # auto, small pool: computes and stores them
+    (path,) = cache.glob("pools/*/*.density.npz")
+    with caplog.at_level(logging.INFO, logger="near_service"):
+        reader = inprocess(cache_dir=str(cache), density_stats="off")
+    assert "read from the cache" in caplog.text
+    assert reader.state.require_selector().pool.density_stats is not None
+    path.write_bytes(path.read_bytes()[:100])  # damaged
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="near_service"):
+        svc = inprocess(cache_dir=str(cache), density_stats="off")
+    assert "damaged" in caplog.text and "statistics computed" not in caplog.text
+    assert svc.state.require_selector().pool.density_stats is None
+    refused = svc.client.post("/select", json={"queries": ["apples"], "max_k": 5, "budget": 3})
+    assert refused.status_code == 422 and "NEAR_DENSITY_STATS" in refused.json()["error"]["message"]

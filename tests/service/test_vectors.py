@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def _write(path: Path, vectors: np.ndarray, manifest: dict[str, Any] | None) -> 
     return path
 
 
+def _file_backed(a: np.ndarray) -> bool:
+    """Whether ``a`` is a view of a memory-mapped file (through numpy bases and memoryviews)."""
+    base: Any = a
+    while base is not None:
+        if isinstance(base, np.memmap | mmap.mmap):
+            return True
+        base = getattr(base, "base", None) if isinstance(base, np.ndarray) else getattr(base, "obj", None)
+    return False
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".parquet", ".safetensors"])
 def test_import_round_trip(tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture) -> None:
     _, pool, texts = _pool(tmp_path)
@@ -73,7 +84,7 @@ def test_import_round_trip(tmp_path: Path, suffix: str, caplog: pytest.LogCaptur
         got = import_vectors(settings, embedder, path, fp, len(texts))
     assert "not unit length; L2-normalised" in caplog.text
     np.testing.assert_allclose(got, raw / 3.0, atol=1e-6)
-    assert isinstance(got.base, np.memmap) or isinstance(getattr(got.base, "base", None), np.memmap)
+    assert _file_backed(got)
     again = PoolVectorStore(tmp_path / "cache").load(embedder.namespace, fp, len(texts), FAKE_DIM)
     assert again is not None and np.array_equal(again, got)
 
@@ -184,7 +195,7 @@ def test_cold_start_writes_the_pool_file_and_a_damaged_one_is_moved_aside(
     assert PoolVectorStore(cache).load(again.embedder.namespace, fingerprint(texts), len(texts), FAKE_DIM) is not None
 
 
-@pytest.mark.parametrize("damage", ["checksum", "norm", "manifest"])
+@pytest.mark.parametrize("damage", ["checksum", "norm", "manifest", "truncated", "header", "float64", "empty"])
 def test_store_detects_damage(tmp_path: Path, damage: str) -> None:
     store = PoolVectorStore(tmp_path)
     vecs = _vectors([f"text {i}" for i in range(3000)])
@@ -199,9 +210,33 @@ def test_store_detects_damage(tmp_path: Path, damage: str) -> None:
     del mm
     if damage == "manifest":
         meta.write_text("{not json")
+    elif damage == "truncated":
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size - 100)
+    elif damage == "header":
+        with open(path, "r+b") as fh:
+            fh.write(b"\x00garbage\xff")
+    elif damage == "float64":
+        np.save(path, vecs.astype(np.float64))
+    elif damage == "empty":
+        path.write_bytes(b"")
     assert store.load("ns", "fp", 3000, FAKE_DIM) is None
     assert not path.exists()
     assert store.load("ns", "fp", 3000) is None  # absent now: a plain miss
+
+
+def test_store_maps_the_file_read_only_without_a_copy(tmp_path: Path) -> None:
+    store = PoolVectorStore(tmp_path)
+    vecs = _vectors([f"text {i}" for i in range(500)])
+    store.save("ns", "fp", vecs, model="fake")
+    got = store.load("ns", "fp", 500, FAKE_DIM)
+    assert got is not None
+    np.testing.assert_array_equal(got, vecs)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and not got.flags.writeable
+    assert np.ascontiguousarray(got, dtype=np.float32) is got  # what VectorIndex does: no copy
+    assert _file_backed(got)
+    with pytest.raises(ValueError):
+        got[0, 0] = 1.0
 
 
 def test_read_vector_file_finds_the_offline_manifest(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from near_service.server.selector import Selector
 from near_service.stores.breaker import Breaker
 from near_service.stores.cache import DiskCache, EmbeddingStore, RedisCache
 from near_service.stores.ledger import Ledger, ledger_scope
-from near_service.stores.pool_stats import pool_density_stats, stats_path
+from near_service.stores.pool_stats import pool_density_stats
 from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
@@ -190,14 +190,15 @@ class ServiceState:
             t_stats = time.perf_counter()
             device = "cuda" if pool.index.device.startswith("cuda") else "cpu"
             ns, fp = self.embedder.namespace, self.fingerprint
-            cached = s.cache_dir is not None and stats_path(s.cache_dir, ns, fp).exists()
             wanted = s.density_stats == "load" or (
                 s.density_stats == "auto" and (device == "cuda" or pool.size <= DENSITY_STATS_CPU_ROWS)
             )
-            if cached or wanted:
-                pool.density_stats, computed = pool_density_stats(
-                    s.cache_dir, self.embedder.namespace, self.fingerprint, pool.vectors, device
-                )
+            # a stored file is used whatever the setting, but only a readable one: a damaged file on a
+            # pool too large to compute here must not start an hours-long computation
+            computed = False
+            if s.cache_dir is not None or wanted:
+                pool.density_stats, computed = pool_density_stats(s.cache_dir, ns, fp, pool.vectors, device, wanted)
+            if pool.density_stats is not None:
                 log.info(
                     "pool density statistics %s in %.2fs",
                     "computed" if computed else "read from the cache",

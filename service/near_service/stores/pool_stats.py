@@ -19,6 +19,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -81,22 +82,52 @@ def load_pool_stats(path: Path, namespace: str, fingerprint: str, count: int) ->
         elif not (np.isfinite(h) and h > 0 and np.isfinite(prefix).all() and np.isfinite(log_pool).all()):
             problem = "values are not finite"
     if problem is not None:
-        log.warning("pool density statistics %s are damaged (%s); computing them again", path, problem)
+        log.warning("pool density statistics %s are damaged (%s); not used", path, problem)
         return None
     return PoolStats(h, grid, prefix.astype(np.float32), log_pool.astype(np.float32))
 
 
+@overload
 def pool_density_stats(
-    cache_dir: str | Path | None, namespace: str, fingerprint: str, vectors: np.ndarray, device: str = "cpu"
-) -> tuple[PoolStats, bool]:
+    cache_dir: str | Path | None,
+    namespace: str,
+    fingerprint: str,
+    vectors: np.ndarray,
+    device: str = ...,
+    compute: Literal[True] = ...,
+) -> tuple[PoolStats, bool]: ...
+
+
+@overload
+def pool_density_stats(
+    cache_dir: str | Path | None,
+    namespace: str,
+    fingerprint: str,
+    vectors: np.ndarray,
+    device: str = ...,
+    compute: bool = ...,
+) -> tuple[PoolStats | None, bool]: ...
+
+
+def pool_density_stats(
+    cache_dir: str | Path | None,
+    namespace: str,
+    fingerprint: str,
+    vectors: np.ndarray,
+    device: str = "cpu",
+    compute: bool = True,
+) -> tuple[PoolStats | None, bool]:
     """The pool's statistics from the cache folder, or computed (and stored there); and whether they
-    were computed. Without a cache folder they are computed every time."""
+    were computed. Without a cache folder they are computed every time. With ``compute=False`` only
+    a readable stored file counts: a missing or damaged one gives ``(None, False)``."""
     path = stats_path(cache_dir, namespace, fingerprint) if cache_dir else None
     if path is not None:
         stored = load_pool_stats(path, namespace, fingerprint, len(vectors))
         if stored is not None:
             log.info("pool density statistics: read %s", path)
             return stored, False
+    if not compute:
+        return None, False
     stats = compute_pool_stats(vectors, device)
     if path is not None:
         try:

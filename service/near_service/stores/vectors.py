@@ -8,8 +8,9 @@ as one contiguous ``.npy`` file it is mapped in a second and searched in place (
 
 Both are written to a temporary name, flushed and renamed, the manifest last, so a reader sees a
 whole pool file or none. :meth:`PoolVectorStore.load` checks the manifest against the pool, the file
-size, a checksum over the header and a sample of rows, and every row's norm (which also faults the
-pages in, so the first search does not read the disk). A file that fails any check is moved aside
+size, a checksum over the header and a sample of rows, and every row's norm. The file is mapped with
+``MAP_POPULATE`` (see :func:`map_npy`), so it is read in at the speed of a plain read and the first
+search does not wait on the disk. A file that fails any check is moved aside
 (``*.damaged-<time>``) with a warning and the caller embeds the pool again: damage never crashes.
 
 >>> store = PoolVectorStore(tmp_path)                                            # doctest: +SKIP
@@ -24,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "sample_checksum"]
+__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "map_npy", "sample_checksum"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,35 @@ def _bad_rows(vectors: np.ndarray) -> tuple[int, int]:
     return bad, first
 
 
+def map_npy(path: Path) -> np.ndarray:
+    """``path`` (a ``.npy`` file) mapped read-only, its pages read in as the mapping is made.
+
+    ``MAP_POPULATE`` has the kernel read the whole file ahead in large sequential requests while it maps
+    it, as fast as a plain ``read()`` of the file; faulting the same pages in one by one (what the first
+    pass over an ``np.load(mmap_mode="r")`` array does) took 2.5-3.5x as long here. Where the flag does
+    not exist (not Linux) this is ``np.load(mmap_mode="r")``. Raises OSError/ValueError on a file that
+    is not a whole ``.npy`` array (a truncated file included).
+    """
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None:
+        return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain view: no copy
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)  # type: ignore[no-untyped-call]
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)  # type: ignore[no-untyped-call]
+        offset = fh.tell()
+        if fortran or len(shape) != 2:
+            raise ValueError(f"expected a C-ordered 2-D array, found shape {shape} (fortran order {fortran})")
+        count = int(shape[0]) * int(shape[1])
+        if offset + count * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+            raise ValueError(f"file is shorter than its {shape} {dtype} array: truncated")
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        mapping = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
+    return np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
 class PoolVectorStore:
     """Pool files under ``<cache_dir>/pools``; see the module docstring for layout and checks."""
 
@@ -130,8 +161,7 @@ class PoolVectorStore:
             problem = f"{meta.dims} dims stored, the model has {dims}"
         else:
             try:
-                mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-                vectors = np.asarray(mapped)  # a plain ndarray view of the mapping: no copy
+                vectors = map_npy(path)
             except (OSError, ValueError, EOFError) as exc:  # a truncated file fails here
                 problem = f"unreadable ({type(exc).__name__}: {exc})"
         if vectors is not None and problem is None:
