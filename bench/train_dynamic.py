@@ -55,7 +55,7 @@ def main() -> None:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from near_client import HighestLossQueries, NearClient, NearSelectionCallback
+    from near_client import HighestLossQueries, NearClient, NearClientError, NearSelectionCallback
 
     torch.set_num_threads(2)
     t0 = args.data / "t0dev"
@@ -67,14 +67,23 @@ def main() -> None:
     eval_ids = query_ids[args.target]
 
     port = free_port()
-    env = {**os.environ, "NEAR_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "NEAR_LOG_LEVEL": "warning"}
     cmd = [sys.executable, "-m", "near_service.cli", "serve", "--candidates", str(t0 / "candidates.jsonl")]
     cmd += ["--cache-dir", str(args.cache), "--port", str(port)]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = ROOT / "out" / "train_dynamic" / "serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     rows: list[str] = []
     try:
         client = NearClient(f"http://127.0.0.1:{port}")
-        client.wait_ready(timeout=600)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                client.wait_ready(timeout=5, interval=0.5)
+                break
+            except NearClientError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the service did not become ready:\n{log_path.read_text()[-2000:]}") from None
         every = (args.steps - args.warmup) // args.updates
         for strategy in args.strategy:
             model = tiny_llama(vocab, 128, 128, args.seed)

@@ -168,3 +168,16 @@ def test_unreadable_inputs_say_what_is_expected(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("NEAR_CANDIDATES", "pool.jsonl")
     with pytest.raises(ConfigError, match=r"NEAR_CANDIDATES must be JSON \(a list: NEAR_CANDIDATES='\[\"pool"):
         load_settings()
+
+
+def test_choices_from_the_environment_take_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    from near_service.core.errors import ConfigError
+    from near_service.core.settings import load_settings
+
+    monkeypatch.setenv("NEAR_LOG_LEVEL", "WARNING")  # Python logging's spelling
+    monkeypatch.setenv("NEAR_DEVICE", " CPU ")
+    s = load_settings()
+    assert (s.log_level, s.device) == ("warning", "cpu")
+    monkeypatch.setenv("NEAR_LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings()

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return v
 
+    @field_validator("backend", "dtype", "device", "index", "gpu_storage", "density_stats", "log_level", mode="before")
+    @classmethod
+    def _choice_any_case(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v  # NEAR_LOG_LEVEL=WARNING, NEAR_DEVICE=CPU
+
     @field_validator("cache_dir", mode="before")
     @classmethod
     def _empty_cache_dir(cls, v: object) -> object:
