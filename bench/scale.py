@@ -10,7 +10,7 @@ starts on that store (Redis only for query vectors) and we measure time to ready
 load step against a raw read of the same file (page cache dropped for the file before both), the
 process's resident memory, and ``/select`` latency for 64 and 1024 GSM8K test questions at K=1000
 (query vectors cached in Redis by a warm-up request). The search step (``VectorIndex.search`` on the
-memory-mapped file) is timed against a numpy floor (blocked matmul + argpartition + sort of the K,
+in-memory pool array) is timed against a numpy floor (blocked matmul + argpartition + sort of the K,
 same block size) on the same matrix in this process. The per-text Redis layout the pool store
 replaces is measured up to ``--redis-max`` rows (size and full read time) and scaled linearly above.
 384 dims use the packaged MiniLM; 1024 dims a MiniLM with a fixed random 384->1024 projection (a
@@ -159,7 +159,7 @@ def search_vs_floor(vectors: np.ndarray, queries: np.ndarray, reps: int) -> dict
     from near_service.core.index import VectorIndex
 
     index = VectorIndex(vectors)
-    assert np.shares_memory(index.vectors, vectors), "the index copied the mapped pool"
+    assert np.shares_memory(index.vectors, vectors), "the index copied the pool array"
     ours, floor = [], []
     for _ in range(reps):  # interleaved: both see the same machine state
         t = time.perf_counter()
@@ -266,7 +266,7 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
         ready_s = time.perf_counter() - t0
         rss_ready, _ = rss(proc.pid)
         text = log.read_text()
-        m = re.search(r"pool vectors: mapped .* in ([0-9.]+)s", text)
+        m = re.search(r"pool vectors: (?:mapped|read) .* in ([0-9.]+)s", text)
         embedded = re.search(r"ready: \d+ candidates \((\d+) embedded", text)
         work_units = n * dims * 1024
         reps = {64: max(3, min(20, int(4e11 / (n * dims * 64)))), 1024: max(2, min(10, int(4e11 / work_units)))}
@@ -374,14 +374,14 @@ def render(results: list[dict[str, Any]], when: str) -> str:
         "request's working set (256 MiB score blocks, argpartition temporaries, the JSON of 1024 x 1000 "
         "results). What the pool itself adds at ready, (RSS - RSS of the smallest pool) / vectors: "
         + ("; ".join(marginal) or "-")
-        + " (the mapped file plus the texts and their index).",
+        + " (the vectors plus the texts and their index).",
         "",
         "Against the targets: " + targets(rs, fixed),
     ]
     lines += [
         "",
         "`/select` (loopback, query vectors cached; latency = request sent to body received) and the search step "
-        "(`VectorIndex.search` on the memory-mapped file) against the numpy floor (blocked matmul + argpartition "
+        "(`VectorIndex.search` on the stored pool array) against the numpy floor (blocked matmul + argpartition "
         "+ sort of the K) on the same matrix, medians in one process:",
         "",
         "| pool | queries | requests | p50 | p99 | server search | search | numpy floor | ratio (target <= 1.5) "
@@ -401,7 +401,7 @@ def render(results: list[dict[str, Any]], when: str) -> str:
         "The per-text Redis layout this store replaces (pool vectors as `near:emb:<key>` strings; measured up to "
         "the rows shown, scaled linearly above):",
         "",
-        "| pool | measured rows | Redis memory | reading every vector back | pool file | mapping + checking it |",
+        "| pool | measured rows | Redis memory | reading every vector back | pool file | reading + checking it |",
         "|---|---|---|---|---|---|",
     ]
     for r in rs:

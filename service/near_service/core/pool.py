@@ -94,7 +94,7 @@ class Pool:
         hnsw_m: int = 32,
         pool_fingerprint: str | None = None,
     ) -> Pool:
-        """Index vectors ``embedder`` made for ``texts`` (a memory-mapped pool file is searched in place)."""
+        """Index vectors ``embedder`` made for ``texts`` (the pool store's array is searched as it is, not copied)."""
         search_device = "cuda" if embedder.device == "cuda" else "cpu"
         idx = VectorIndex(
             vectors,

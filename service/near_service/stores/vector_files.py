@@ -15,7 +15,7 @@ per candidate in pool order, and check it before anything is served from it:
 - **values**: finite, no zero rows; rows that are not unit length are L2-normalised (with a log line).
 
 The checked vectors are written into :class:`~near_service.stores.vectors.PoolVectorStore` (when a
-cache folder is set) and served from there, memory-mapped.
+cache folder is set) and served from there.
 
 >>> vectors = import_vectors(settings, embedder, "pool.npy", pool_fp, count)     # doctest: +SKIP
 """
@@ -238,7 +238,7 @@ def import_vectors(
     """Check ``path`` against the pool and the model, store it, and return the vectors to serve.
 
     Loads the model (its vector size is part of the check). With a cache folder the result is the
-    store's memory-mapped file, without one an in-memory array.
+    store's file read back (checked), without one an in-memory array.
     """
     vf = read_vector_file(path, manifest_path)
     dims = embedder.load().dim

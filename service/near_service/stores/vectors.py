@@ -1,17 +1,17 @@
-"""The pool vector store: one memory-mapped float32 file per (embedder namespace, pool fingerprint).
+"""The pool vector store: one float32 ``.npy`` file per (embedder namespace, pool fingerprint).
 
 A million-row pool as a million Redis or SQLite entries costs minutes to read back at every start;
-as one contiguous ``.npy`` file it is mapped in a second and searched in place (no copy). Layout::
+as one contiguous ``.npy`` file it is read in a second at disk speed and searched as it is. Layout::
 
     <cache_dir>/pools/<namespace>/<fingerprint>.npy     float32 (count, dims), L2-normalised rows
     <cache_dir>/pools/<namespace>/<fingerprint>.json    manifest: model, namespace, dims, count, checksum
 
 Both are written to a temporary name, flushed and renamed, the manifest last, so a reader sees a
 whole pool file or none. :meth:`PoolVectorStore.load` checks the manifest against the pool, the file
-size, a checksum over the header and a sample of rows, and every row's norm. The file is mapped with
-``MAP_POPULATE`` (see :func:`map_npy`), so it is read in at the speed of a plain read and the first
-search does not wait on the disk. A file that fails any check is moved aside
-(``*.damaged-<time>``) with a warning and the caller embeds the pool again: damage never crashes.
+size, a checksum over the header and a sample of rows, and every row's norm. The file is read into the
+process (:func:`read_npy`: a copy, so damage to the file while serving cannot reach a search). A file
+that fails any check is moved aside (``*.damaged-<time>``) with a warning and the caller embeds the
+pool again: damage never crashes.
 
 >>> store = PoolVectorStore(tmp_path)                                            # doctest: +SKIP
 >>> store.save(embedder.namespace, pool.fingerprint, vectors, model="all-MiniLM-L6-v2")   # doctest: +SKIP
@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "map_npy", "sample_checksum"]
+__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "read_npy", "sample_checksum"]
 
 log = logging.getLogger(__name__)
 
@@ -94,33 +93,37 @@ def _bad_rows(vectors: np.ndarray) -> tuple[int, int]:
     return bad, first
 
 
-def map_npy(path: Path) -> np.ndarray:
-    """``path`` (a ``.npy`` file) mapped read-only, its pages read in as the mapping is made.
+def read_npy(path: Path, chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """``path`` (a 2-D ``.npy`` file) read into memory of this process, read-only.
 
-    ``MAP_POPULATE`` has the kernel read the whole file ahead in large sequential requests while it maps
-    it, as fast as a plain ``read()`` of the file; faulting the same pages in one by one (what the first
-    pass over an ``np.load(mmap_mode="r")`` array does) took 2.5-3.5x as long here. Where the flag does
-    not exist (not Linux) this is ``np.load(mmap_mode="r")``. Raises OSError/ValueError on a file that
-    is not a whole ``.npy`` array (a truncated file included).
+    A copy, not a mapping: a mapped file that is truncated or overwritten in place while the service
+    runs (``> file``, ``truncate``, a careless copy over it) kills the whole process with SIGBUS at its
+    next search; a copy cannot be changed under the service. The file is read in large sequential
+    chunks straight into the array (the speed of a plain ``read()``), and its pages are then dropped
+    from the page cache, so the vectors are in memory once, not twice. Raises OSError/ValueError on a
+    file that is not a whole ``.npy`` array (a truncated file included).
     """
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if populate is None:
-        return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain view: no copy
     fmt = np.lib.format
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
         version = fmt.read_magic(fh)  # type: ignore[no-untyped-call]
         read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = read_header(fh)  # type: ignore[no-untyped-call]
-        offset = fh.tell()
-        if fortran or len(shape) != 2:
-            raise ValueError(f"expected a C-ordered 2-D array, found shape {shape} (fortran order {fortran})")
-        count = int(shape[0]) * int(shape[1])
-        if offset + count * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+        if fortran or len(shape) != 2 or dtype.hasobject:
+            raise ValueError(f"expected a C-ordered 2-D numeric array, found {dtype} {shape} (fortran {fortran})")
+        out = np.empty(shape, dtype=dtype)
+        if out.nbytes > os.fstat(fh.fileno()).st_size - fh.tell():
             raise ValueError(f"file is shorter than its {shape} {dtype} array: truncated")
-        if count == 0:
-            return np.empty(shape, dtype=dtype)
-        mapping = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
-    return np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+        buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        pos = 0
+        while pos < len(buf):
+            got = fh.readinto(buf[pos : pos + chunk_bytes])
+            if not got:
+                raise ValueError(f"file ended after {pos} of {len(buf)} bytes: truncated")
+            pos += got
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    out.flags.writeable = False
+    return out
 
 
 class PoolVectorStore:
@@ -145,7 +148,7 @@ class PoolVectorStore:
             return None
 
     def load(self, namespace: str, fingerprint: str, count: int, dims: int | None = None) -> np.ndarray | None:
-        """The stored vectors of this pool, memory-mapped read-only; None if absent or damaged."""
+        """The stored vectors of this pool, read into memory (read-only); None if absent or damaged."""
         path, _ = self.paths(namespace, fingerprint)
         meta = self.manifest(namespace, fingerprint)
         if meta is None:
@@ -161,7 +164,7 @@ class PoolVectorStore:
             problem = f"{meta.dims} dims stored, the model has {dims}"
         else:
             try:
-                vectors = map_npy(path)
+                vectors = read_npy(path)
             except (OSError, ValueError, EOFError) as exc:  # a truncated file fails here
                 problem = f"unreadable ({type(exc).__name__}: {exc})"
         if vectors is not None and problem is None:
@@ -183,7 +186,7 @@ class PoolVectorStore:
             return None
         assert vectors is not None
         log.info(
-            "pool vectors: mapped %s (%d x %d, %.0f MiB) in %.2fs",
+            "pool vectors: read %s (%d x %d, %.0f MiB) in %.2fs",
             path,
             meta.count,
             meta.dims,
