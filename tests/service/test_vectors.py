@@ -19,7 +19,7 @@ from near_service.cli.main import main
 from near_service.core.records import fingerprint, load_texts
 from near_service.core.settings import load_settings
 from near_service.stores.vector_files import import_vectors, read_vector_file
-from near_service.stores.vectors import PoolVectorStore
+from near_service.stores.vectors import PoolVectorStore, read_npy
 from tests.conftest import InProcessFactory
 from tests.fakes import FAKE_DIM, FakeEmbedder
 from tests.service.api_data import metric, qa_records, query_records, write_jsonl
@@ -315,3 +315,14 @@ def test_import_cli_errors_exit_2(saved: dict[str, Path], tmp_path: Path, capsys
     assert "made for pool" in capsys.readouterr().err
     assert main([*base, str(saved["vecs"])]) == 0
     assert "imported 30 x 384 vectors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("chunk", "threads"), [(4096, 1), (4096, 2), (1000, 3), (1 << 20, 2)])
+def test_read_npy_reads_every_byte_in_any_chunking(tmp_path: Path, chunk: int, threads: int) -> None:
+    want = np.random.default_rng(5).standard_normal((1001, 37), dtype=np.float32)  # sizes off every chunk
+    np.save(tmp_path / "v.npy", want)
+    got = read_npy(tmp_path / "v.npy", chunk_bytes=chunk, threads=threads)
+    np.testing.assert_array_equal(got, want)
+    assert not got.flags.writeable
+    np.save(tmp_path / "empty.npy", np.empty((0, 37), dtype=np.float32))
+    assert read_npy(tmp_path / "empty.npy").shape == (0, 37)
