@@ -223,14 +223,14 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
     raws, loads = [], []
     for _ in range(3):  # interleaved, page cache dropped before each; the best of each is compared
         raws.append(raw_read_s(pool_file))
-        mapped = None
+        stored = None
         evict(pool_file)
         t = time.perf_counter()
-        mapped = store.load(namespace, pool_fp, n, dims)
+        stored = store.load(namespace, pool_fp, n, dims)
         loads.append(time.perf_counter() - t)
     raw_s, store_s = min(raws), min(loads)
-    assert mapped is not None
-    vec_bytes = mapped.nbytes
+    assert stored is not None
+    vec_bytes = stored.nbytes
     # the density statistics are computed once per pool and model and cached beside the pool file; the
     # service computes them before ready where NEAR_DENSITY_STATS=auto does (CPU: up to 200k rows).
     # Done here first, timed on its own, so "time to ready" is a start from a warm store.
@@ -238,7 +238,7 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
     if n <= DENSITY_STATS_CPU_ROWS:
         stats_path(cache, namespace, pool_fp).unlink(missing_ok=True)  # a rerun times the computation too
         t = time.perf_counter()
-        pool_density_stats(cache, namespace, pool_fp, mapped)
+        pool_density_stats(cache, namespace, pool_fp, stored)
         stats_s = time.perf_counter() - t
 
     evict(pool_file)  # the service starts with the file out of the page cache, as after a reboot
@@ -270,7 +270,7 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
         ready_s = time.perf_counter() - t0
         rss_ready, _ = rss(proc.pid)
         text = log.read_text()
-        m = re.search(r"pool vectors: (?:mapped|read) .* in ([0-9.]+)s", text)
+        m = re.search(r"pool vectors: read .* in ([0-9.]+)s", text)
         embedded = re.search(r"ready: \d+ candidates \((\d+) embedded", text)
         work_units = n * dims * 1024
         reps = {64: max(3, min(20, int(4e11 / (n * dims * 64)))), 1024: max(2, min(10, int(4e11 / work_units)))}
@@ -284,8 +284,8 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
     emb = Embedder.from_settings(load_settings(model=model, cache_dir=""))
     qvecs = emb.embed(queries[:1024], "query")
     big = n * dims >= 2e8  # a 1024-query search takes about a minute here: time it once
-    search = [search_vs_floor(mapped, qvecs[:q], 1 if big and q == 1024 else reps[q]) for q in (64, 1024)]
-    rl = redis_layout(np.asarray(mapped[:redis_max]), namespace, redis_url)
+    search = [search_vs_floor(stored, qvecs[:q], 1 if big and q == 1024 else reps[q]) for q in (64, 1024)]
+    rl = redis_layout(np.asarray(stored[:redis_max]), namespace, redis_url)
     scale = n / rl["rows"]
     return {
         "n": n,

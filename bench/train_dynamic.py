@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,14 +29,9 @@ from report import write_section
 from train_value import batch_tensors, encode_all, eval_loss, tiny_llama
 
 from near_service.core.records import load_texts
+from service import start_service, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from near_client import HighestLossQueries, NearClient, NearClientError, NearSelectionCallback
+    from near_client import HighestLossQueries, NearClient, NearSelectionCallback
 
     torch.set_num_threads(2)
     t0 = args.data / "t0dev"
@@ -70,26 +61,19 @@ def main() -> None:
     pool_ids, query_ids, vocab = encode_all(texts, queries, 128, 8192)
     every = (args.steps - args.warmup) // args.updates
 
-    port = free_port()
-    env = {**os.environ, "NEAR_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "near_service.cli", "serve", "--candidates", str(t0 / "candidates.jsonl")]
-    cmd += ["--cache-dir", str(args.cache), "--port", str(port)]
     log_path = ROOT / "out" / "train_dynamic" / "serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    env = {
+        "NEAR_CANDIDATES": json.dumps([str(t0 / "candidates.jsonl")]),
+        "NEAR_CACHE_DIR": str(args.cache),
+        "NEAR_LOG_LEVEL": "warning",
+    }
     # (target, schedule, strategy) -> per seed: (loss, precision of each selection)
     results: dict[tuple[str, str, str], list[tuple[float, list[float]]]] = {}
     t_all = time.perf_counter()
+    server, url, _ = start_service(env, log_path, timeout=600)  # raises with the log's tail if it exits
     try:
-        client = NearClient(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                client.wait_ready(timeout=5, interval=0.5)
-                break
-            except NearClientError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the service did not become ready:\n{log_path.read_text()[-2000:]}") from None
+        client = NearClient(url)
         for target in args.targets:
             budget = int((labels == target).sum())
             eval_ids = query_ids[target]
@@ -150,8 +134,7 @@ def main() -> None:
                         results.setdefault((target, schedule, strategy), []).append((loss, precision))
                         print(target, seed, schedule, strategy, f"{loss:.3f}", precision, flush=True)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop(server)
     budgets = {t: int((labels == t).sum()) for t in args.targets}
     text = render(results, budgets, args, every, time.perf_counter() - t_all)
     print(text)

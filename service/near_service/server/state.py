@@ -195,9 +195,7 @@ class ServiceState:
             )
             # a stored file is used whatever the setting, but only a readable one: a damaged file on a
             # pool too large to compute here must not start an hours-long computation
-            computed = False
-            if s.cache_dir is not None or wanted:
-                pool.density_stats, computed = pool_density_stats(s.cache_dir, ns, fp, pool.vectors, device, wanted)
+            pool.density_stats, computed = pool_density_stats(s.cache_dir, ns, fp, pool.vectors, device, wanted)
             if pool.density_stats is not None:
                 log.info(
                     "pool density statistics %s in %.2fs",

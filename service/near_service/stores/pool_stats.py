@@ -19,7 +19,6 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Literal, overload
 
 import numpy as np
 
@@ -85,28 +84,6 @@ def load_pool_stats(path: Path, namespace: str, fingerprint: str, count: int) ->
         log.warning("pool density statistics %s are damaged (%s); not used", path, problem)
         return None
     return PoolStats(h, grid, prefix.astype(np.float32), log_pool.astype(np.float32))
-
-
-@overload
-def pool_density_stats(
-    cache_dir: str | Path | None,
-    namespace: str,
-    fingerprint: str,
-    vectors: np.ndarray,
-    device: str = ...,
-    compute: Literal[True] = ...,
-) -> tuple[PoolStats, bool]: ...
-
-
-@overload
-def pool_density_stats(
-    cache_dir: str | Path | None,
-    namespace: str,
-    fingerprint: str,
-    vectors: np.ndarray,
-    device: str = ...,
-    compute: bool = ...,
-) -> tuple[PoolStats | None, bool]: ...
 
 
 def pool_density_stats(

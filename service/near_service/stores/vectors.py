@@ -122,37 +122,38 @@ def read_npy(path: Path, chunk_bytes: int = 16 << 20, threads: int = 2) -> np.nd
         memory = _anonymous(nbytes)
         with memoryview(memory) as buf:
             _read_chunks(fh, buf, offset, chunk_bytes, threads)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     out = np.frombuffer(memory, dtype=dtype).reshape(shape)
     out.flags.writeable = False
     return out
 
 
 def _read_chunks(fh: Any, buf: memoryview, offset: int, chunk_bytes: int, threads: int) -> None:
-    """Fill ``buf`` from the file at ``offset``: chunk ``i`` by thread ``i % threads``."""
+    """Fill ``buf`` from the file at ``offset``: chunk ``i`` by thread ``i % threads``, each chunk
+    dropped from the page cache once read (where the OS has ``posix_fadvise``)."""
     fd, size = fh.fileno(), len(buf)
     starts = range(0, size, chunk_bytes)
+    # no positioned reads (not Unix): one thread, seek + read
+    threads = max(1, min(threads, len(starts))) if hasattr(os, "preadv") else 1
+
+    def read_at(pos: int, end: int) -> int:
+        if hasattr(os, "preadv"):
+            return os.preadv(fd, [buf[pos:end]], offset + pos)
+        fh.seek(offset + pos)
+        return int(fh.readinto(buf[pos:end]) or 0)
 
     def work(first: int, step: int) -> None:
         for start in starts[first::step]:
             pos, end = start, min(size, start + chunk_bytes)
             while pos < end:
-                got = os.preadv(fd, [buf[pos:end]], offset + pos)
+                got = read_at(pos, end)
                 if got <= 0:
                     raise ValueError(f"file ended after {pos} of {size} bytes: truncated")
                 pos += got
             if hasattr(os, "posix_fadvise"):  # drop what was read: the page cache never holds a second copy
                 os.posix_fadvise(fd, offset + start, end - start, os.POSIX_FADV_DONTNEED)
 
-    if not hasattr(os, "preadv") or threads <= 1 or size <= chunk_bytes:
-        fh.seek(offset)
-        pos = 0
-        while pos < size:
-            got = fh.readinto(buf[pos : pos + chunk_bytes])
-            if not got:
-                raise ValueError(f"file ended after {pos} of {size} bytes: truncated")
-            pos += got
+    if threads == 1:
+        work(0, 1)
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="pool-read") as workers:
         for done in [workers.submit(work, k, threads) for k in range(threads)]:
