@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from near_service.cli.main import main
+from near_service.core.errors import InputError
 from near_service.core.records import fingerprint, load_texts
 from near_service.core.settings import load_settings
 from near_service.stores.vector_files import import_vectors, read_vector_file
-from near_service.stores.vectors import PoolVectorStore, read_npy
+from near_service.stores.vectors import NpyRows, PoolVectorStore, read_npy
 from tests.conftest import InProcessFactory
 from tests.fakes import FAKE_DIM, FakeEmbedder
 from tests.service.api_data import metric, qa_records, query_records, write_jsonl
@@ -326,3 +327,48 @@ def test_read_npy_reads_every_byte_in_any_chunking(tmp_path: Path, chunk: int, t
     assert not got.flags.writeable
     np.save(tmp_path / "empty.npy", np.empty((0, 37), dtype=np.float32))
     assert read_npy(tmp_path / "empty.npy").shape == (0, 37)
+
+
+def test_npy_rows_reads_any_row_range_of_any_float_dtype(tmp_path: Path) -> None:
+    want = np.random.default_rng(6).standard_normal((101, 7))
+    for dtype in ("<f4", ">f4", "<f8", "<f2"):
+        np.save(tmp_path / "v.npy", want.astype(dtype))
+        rows = NpyRows(tmp_path / "v.npy")
+        assert (rows.shape, rows.ndim, rows.dtype, len(rows)) == ((101, 7), 2, np.dtype(dtype), 101)
+        for a, b in [(0, 101), (3, 50), (100, 101), (90, 500), (5, 5)]:
+            np.testing.assert_array_equal(rows[a:b], want.astype(dtype)[a:b])
+        rows.close()
+
+
+def test_an_embeddings_file_truncated_during_the_import_fails_the_import_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's .npy shrinks after its header was read: a mapped file killed the process (SIGBUS)."""
+    from near_service.stores import vector_files
+
+    _, pool, texts = _pool(tmp_path)
+    fp = fingerprint(texts)
+    path = _write(tmp_path / "vecs.npy", _vectors(texts), {"model": "fake/hashing-bow", "pool_fingerprint": fp})
+    real = vector_files.read_vector_file
+
+    def read_then_truncate(*args: Any, **kwargs: Any) -> Any:
+        vf = real(*args, **kwargs)
+        with open(path, "r+b") as fh:  # what `truncate -s 300 vecs.npy` does while the import runs
+            fh.truncate(300)
+        return vf
+
+    monkeypatch.setattr(vector_files, "read_vector_file", read_then_truncate)
+    settings = load_settings(candidates=[pool], cache_dir=tmp_path / "cache")
+    with pytest.raises(InputError, match=r"could not read rows from 0 on .*truncated while read"):
+        import_vectors(settings, FakeEmbedder(), path, fp, len(texts))
+    assert not list((tmp_path / "cache").glob("pools/*/*.npy"))  # nothing half-imported
+
+
+def test_a_fortran_ordered_embeddings_file_imports_like_a_c_ordered_one(tmp_path: Path) -> None:
+    _, pool, texts = _pool(tmp_path)
+    fp = fingerprint(texts)
+    vecs = _vectors(texts)
+    path = _write(tmp_path / "vecs.npy", np.asfortranarray(vecs), {"model": "fake/hashing-bow"})
+    assert np.load(path, mmap_mode="r").flags.f_contiguous
+    settings = load_settings(candidates=[pool], cache_dir=None)
+    np.testing.assert_allclose(import_vectors(settings, FakeEmbedder(), path, fp, len(texts)), vecs, atol=1e-6)

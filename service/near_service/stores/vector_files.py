@@ -33,7 +33,7 @@ import numpy as np
 from near_service.core.embedder import Embedder
 from near_service.core.errors import ConfigError, InputError
 from near_service.core.settings import Settings
-from near_service.stores.vectors import NORM_TOLERANCE, PoolVectorStore
+from near_service.stores.vectors import NORM_TOLERANCE, NpyRows, PoolVectorStore, npy_header
 
 __all__ = ["VectorFile", "import_vectors", "read_vector_file", "remember_pool_vectors", "stored_pool_vectors"]
 
@@ -47,10 +47,10 @@ _MANIFEST_KEYS = ("model", "dims", "count", "pool_size", "pool_fingerprint", "fi
 
 @dataclass
 class VectorFile:
-    """A file's vectors (possibly memory-mapped, any float dtype) and its manifest."""
+    """A file's vectors (an ``.npy`` file's read on demand, any float dtype) and its manifest."""
 
     path: Path
-    vectors: np.ndarray
+    vectors: np.ndarray | NpyRows
     manifest: dict[str, Any]
     manifest_from: str | None  # where the manifest came from, for messages
 
@@ -134,15 +134,24 @@ def _from_safetensors(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return vectors, manifest
 
 
+def _npy_rows(path: Path) -> np.ndarray | NpyRows:
+    """A ``.npy`` file's rows, read block by block as they are imported (never memory-mapped: a file
+    truncated during the import must fail the import, not kill the process with SIGBUS); a Fortran-
+    ordered file (``np.save`` of a transposed array) is read whole, its rows not being contiguous."""
+    with open(path, "rb") as fh:
+        fortran = npy_header(fh)[1]
+    return np.load(path, allow_pickle=False) if fortran else NpyRows(path)
+
+
 def read_vector_file(path: str | Path, manifest_path: str | Path | None = None) -> VectorFile:
-    """Read ``path``'s vectors (``.npy`` is memory-mapped) and find its manifest."""
+    """Read ``path``'s vectors (``.npy`` rows on demand, see :class:`NpyRows`) and find its manifest."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"{p}: no such embeddings file")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
-            vectors = np.load(p, mmap_mode="r", allow_pickle=False)
+            vectors = _npy_rows(p)
         except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"{p}: not a readable .npy file ({exc})") from exc
         inline: dict[str, Any] = {}
@@ -210,11 +219,14 @@ def _check(vf: VectorFile, embedder: Embedder, settings: Settings, fingerprint: 
         raise InputError(f"{vf.path}: vectors have {d} dims, but its manifest ({where}) says {m['dims']}")
 
 
-def _normalised_into(src: np.ndarray, out: np.ndarray, path: Path) -> int:
+def _normalised_into(src: np.ndarray | NpyRows, out: np.ndarray, path: Path) -> int:
     """Copy ``src`` into ``out`` as float32 unit rows, block by block; return how many were rescaled."""
     rescaled = 0
     for start in range(0, len(src), _BLOCK):
-        block = np.asarray(src[start : start + _BLOCK], dtype=np.float32)
+        try:
+            block = np.asarray(src[start : start + _BLOCK], dtype=np.float32)
+        except (OSError, ValueError) as exc:  # the file changed under the import
+            raise InputError(f"{path}: could not read rows from {start} on ({exc})") from exc
         norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
         bad = ~np.isfinite(norms) | (norms < 1e-12)
         if bad.any():

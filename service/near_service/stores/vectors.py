@@ -28,6 +28,7 @@ import logging
 import mmap
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NORM_TOLERANCE", "PoolManifest", "PoolVectorStore", "read_npy", "sample_checksum"]
+__all__ = ["NORM_TOLERANCE", "NpyRows", "PoolManifest", "PoolVectorStore", "npy_header", "read_npy", "sample_checksum"]
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +108,11 @@ def read_npy(path: Path, chunk_bytes: int = 16 << 20, threads: int = 2) -> np.nd
     the vectors are in memory once, not twice, even while they are read. Raises OSError/ValueError on
     a file that is not a whole ``.npy`` array (a truncated file included).
     """
-    fmt = np.lib.format
     with open(path, "rb", buffering=0) as fh:
-        version = fmt.read_magic(fh)  # type: ignore[no-untyped-call]
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read_header(fh)  # type: ignore[no-untyped-call]
+        shape, fortran, dtype, offset = npy_header(fh)
         if fortran or len(shape) != 2 or dtype.hasobject:
             raise ValueError(f"expected a C-ordered 2-D numeric array, found {dtype} {shape} (fortran {fortran})")
-        offset, nbytes = fh.tell(), int(np.prod(shape)) * dtype.itemsize
-        if nbytes > os.fstat(fh.fileno()).st_size - offset:
-            raise ValueError(f"file is shorter than its {shape} {dtype} array: truncated")
+        nbytes = int(np.prod(shape)) * dtype.itemsize
         if nbytes == 0:
             return np.empty(shape, dtype=dtype)
         memory = _anonymous(nbytes)
@@ -125,6 +121,70 @@ def read_npy(path: Path, chunk_bytes: int = 16 << 20, threads: int = 2) -> np.nd
     out = np.frombuffer(memory, dtype=dtype).reshape(shape)
     out.flags.writeable = False
     return out
+
+
+def npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran order, dtype, data offset) of the ``.npy`` file open in ``fh``; ValueError when
+    its header is not one, or the file is shorter than the array it declares."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)  # type: ignore[no-untyped-call]
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)  # type: ignore[no-untyped-call]
+    offset = fh.tell()
+    if int(np.prod(shape)) * dtype.itemsize > os.fstat(fh.fileno()).st_size - offset:
+        raise ValueError(f"file is shorter than its {shape} {dtype} array: truncated")
+    return tuple(shape), bool(fortran), dtype, offset
+
+
+class NpyRows:
+    """A C-ordered ``.npy`` file's rows, read on demand: ``rows[a:b]`` is an in-memory array.
+
+    For reading a file someone else owns once, block by block (``near-select import``): positioned
+    reads on one open descriptor, never a mapping, so a file truncated while it is read raises
+    ValueError in the reader instead of killing the process with SIGBUS, and its pages are dropped
+    from the page cache as they are read. ``shape``, ``dtype`` and ``ndim`` are the file's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - held for the object's life, closed by finalize
+        self._closer = weakref.finalize(self, fh.close)
+        try:
+            self.shape, fortran, self.dtype, self._offset = npy_header(fh)
+        except BaseException:
+            self._closer()
+            raise
+        if fortran or self.dtype.hasobject:
+            self._closer()
+            raise ValueError(f"expected a C-ordered numeric array, found {self.dtype} {self.shape} (fortran {fortran})")
+        self._fd = fh.fileno()
+        self.ndim = len(self.shape)
+        self._row_items = int(np.prod(self.shape[1:])) if self.ndim else 1
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.ndim else 1
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("NpyRows reads contiguous row ranges only")
+        n = max(0, stop - start)
+        row_bytes = self._row_items * self.dtype.itemsize
+        buf = bytearray(n * row_bytes)
+        pos, begin = 0, self._offset + start * row_bytes
+        with memoryview(buf) as view:
+            while pos < len(buf):
+                got = os.preadv(self._fd, [view[pos:]], begin + pos)
+                if got <= 0:
+                    raise ValueError(
+                        f"file ended at byte {begin + pos}, inside rows {start}..{stop}: truncated while read"
+                    )
+                pos += got
+        if hasattr(os, "posix_fadvise") and buf:
+            os.posix_fadvise(self._fd, begin, len(buf), os.POSIX_FADV_DONTNEED)
+        return np.frombuffer(buf, dtype=self.dtype).reshape((n, *self.shape[1:]))
+
+    def close(self) -> None:
+        self._closer()
 
 
 def _read_chunks(fh: Any, buf: memoryview, offset: int, chunk_bytes: int, threads: int) -> None:
