@@ -6,6 +6,7 @@ held its request open forever; a client that hung up still had all its queries e
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import uvicorn
 
 from near_service.core.settings import load_settings
 from near_service.server.app import create_app
+from near_service.server.http import uvicorn_config
 from tests.conftest import free_port
 from tests.fakes import FakeEmbedder
 from tests.service.api_data import qa_records, write_jsonl
@@ -40,9 +42,10 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     def start(**settings: object) -> Served:
         pool = write_jsonl(tmp_path / f"pool{len(servers)}.jsonl", qa_records(40))
         settings.setdefault("cache_dir", "")
-        app = create_app(load_settings(candidates=[pool], **settings), embedder=FakeEmbedder())
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        config = load_settings(candidates=[pool], host="127.0.0.1", port=port, log_level="warning", **settings)
+        app = create_app(config, embedder=FakeEmbedder())
+        server = uvicorn.Server(uvicorn_config(app, config))  # what `near-select serve` runs
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -124,3 +127,54 @@ def test_a_client_that_hangs_up_stops_its_embedding(serve: Any) -> None:
     assert sum(backend.calls) == embedded_then  # nothing more after the hang-up
     assert embedded_then < 4096 / 2, embedded_then  # 64 texts per 50 ms call: about 1,000 at most
     assert httpx.post(f"{svc.url}/select", json={"queries": ["apples"], "max_k": 1}).status_code == 200
+
+
+def _recv_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_headers_that_never_arrive_get_408_and_free_their_connection_slots(serve: Any) -> None:
+    """Slowloris: connections that never finish their headers held uvicorn's slots forever, and with
+    NEAR_MAX_CONNECTIONS of them every other client got 503."""
+    svc = serve(max_connections=5, header_timeout=1.0)  # uvicorn answers 503 from the 5th connection on
+    with contextlib.ExitStack() as stack:
+
+        def connect() -> socket.socket:
+            return stack.enter_context(socket.create_connection(("127.0.0.1", svc.port), timeout=10))
+
+        idle = [connect(), connect()]  # send nothing
+        partial = connect()
+        partial.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        kept = connect()  # a whole request, then the next one's first line only
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /ready HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert httpx.get(f"{svc.url}/health").status_code == 503  # the slots are held: the attack works...
+        for s in [*idle, partial, kept]:
+            answer = _recv_all(s)  # ...for header_timeout: then 408 and closed
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b'"code":"request_timeout"' in answer.replace(b" ", b"") and b"NEAR_HEADER_TIMEOUT" in answer
+        assert 0.9 < time.monotonic() - t0 < 5.0
+    assert httpx.get(f"{svc.url}/health").status_code == 200
+
+
+def test_headers_over_the_limit_are_cut_off(serve: Any) -> None:
+    """httptools (uvicorn's choice wherever it is installed) took 190 MB of header lines into memory."""
+    svc = serve(max_header_bytes=4096)
+    line = b"X-Big: " + b"a" * 1000 + b"\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as s:
+        s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):  # the service hangs up while we are still sending
+            for _ in range(20_000):  # 20 MB
+                s.sendall(line)
+                sent += len(line)
+        with contextlib.suppress(OSError):
+            answer = _recv_all(s)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+    assert sent < 20_000 * len(line)
+    assert httpx.get(f"{svc.url}/health").status_code == 200

@@ -21,6 +21,7 @@ def _cmd_serve(ns: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from near_service.server.app import create_app, quiet_health_checks
+    from near_service.server.http import uvicorn_config
 
     embedder = None
     if settings.embeddings is not None:  # check and store them now: a bad file exits 2 before serving
@@ -34,19 +35,7 @@ def _cmd_serve(ns: argparse.Namespace, settings: Settings) -> int:
 
         embedder = Embedder.from_settings(settings)
     app = create_app(settings, embedder)  # checks the settings first: ConfigError -> "error: ..." and exit 2
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-        # bounded: idle connections, open connections and requests, headers, and the wait at SIGTERM
-        timeout_keep_alive=settings.keep_alive_timeout,
-        limit_concurrency=settings.max_connections,
-        timeout_graceful_shutdown=settings.graceful_shutdown_timeout,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
-    )
+    config = uvicorn_config(app, settings)
     quiet_health_checks()  # after uvicorn configured its loggers
     uvicorn.Server(config).run()
     return 0

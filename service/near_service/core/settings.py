@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         30.0, gt=0, description="Seconds a client may take to send its request body before 408."
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's headers (from connecting, or from the "
+        "previous response) before 408 and the connection closed (serve).",
+    )
     keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open (serve).")
     max_connections: int = Field(
         512, ge=1, description="Open connections and requests before new ones get 503 (serve; uvicorn's limit)."
