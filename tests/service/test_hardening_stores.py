@@ -250,3 +250,23 @@ def test_content_revision_sees_same_size_new_weights(tmp_path: Path) -> None:
     seen.add(_content_revision(tmp_path))
     assert len(seen) == 3
     assert _content_revision(tmp_path) in seen  # stable while nothing changes
+
+
+def test_a_full_redis_fails_only_the_ledger_and_logs_printable_text(
+    inprocess: InProcessFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis at maxmemory (noeviction) refuses writes: vector blobs quoted in its error reached the log."""
+    svc = inprocess(redis_url=redis_server.url)
+    r = redis.Redis.from_url(redis_server.url)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        with caplog.at_level("WARNING", logger="near_service.stores.breaker"):
+            ok = svc.client.post("/select", json={"queries": ["apples when redis is full"], "max_k": 3})
+            ledger = svc.client.post("/select", json={"queries": ["x"], "max_k": 2, "run_id": "full", "round": 0})
+    finally:
+        r.config_set("maxmemory", 0)
+    assert ok.status_code == 200, ok.text
+    assert ledger.status_code == 503 and "retry later" in ledger.json()["error"]["message"], ledger.text
+    said = [rec.getMessage() for rec in caplog.records if "Redis unavailable" in rec.getMessage()]
+    assert said and all(m.isprintable() for m in said), said

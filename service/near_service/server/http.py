@@ -70,7 +70,7 @@ class NearH11Protocol(H11Protocol):
 
 def _timeout_body(seconds: float) -> bytes:
     message = f"request headers did not arrive within {seconds:g}s (NEAR_HEADER_TIMEOUT)"
-    return json.dumps(error_body("request_timeout", message)).encode()
+    return json.dumps(error_body("request_timeout", message), separators=(",", ":")).encode()
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

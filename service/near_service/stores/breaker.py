@@ -51,7 +51,9 @@ class Breaker:
     def failure(self, exc: BaseException) -> None:
         with self._lock:
             if self.up:
-                log.warning("Redis unavailable (%s: %s); continuing without it", type(exc).__name__, exc)
+                # redis-py quotes the failed command, binary vector blobs included: printable text only
+                why = "".join(c if c.isprintable() else "?" for c in str(exc))[:300]
+                log.warning("Redis unavailable (%s: %s); continuing without it", type(exc).__name__, why)
             self.up = False
             self.errors += 1
             self._probing = False
