@@ -41,6 +41,7 @@ class NearH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's headers (``header_timeout`` seconds)."""
 
     header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,9 +51,16 @@ class NearH11Protocol(H11Protocol):
         super().on_response_complete()
         self._arm_header_deadline()  # a kept-alive connection: the next request's headers are due
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+
     def _arm_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
         # the deadline holds while no new request has begun: uvicorn makes a new cycle for each one
-        self.loop.call_later(self.header_timeout, self._header_deadline, self.cycle)
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_deadline, self.cycle)
 
     def _header_deadline(self, cycle: Any) -> None:
         if self.cycle is not cycle or self.transport.is_closing():
