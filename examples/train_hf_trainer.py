@@ -26,7 +26,6 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
@@ -193,8 +192,6 @@ def main(argv: list[str] | None = None) -> None:
         f"done: {trainer.state.global_step} steps in {time.perf_counter() - T0:.1f}s "
         "(wall: imports, model build and waiting for the service included)"
     )
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # under torchrun: a gloo group left to exit can abort
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Every rank trains the tiny model with NearSelectionCallback and writes what it s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,16 @@ def main(url: str, out: str, warmup: int, every: int, steps: int) -> None:
         "steps": trainer.state.global_step,
     }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
-    # End the process group before exit, as a training script should: a gloo group left to the
-    # interpreter's shutdown can abort a rank ("terminate called without an active exception",
-    # pytorch/pytorch#190489), which failed this test in CI once in many runs.
-    dist.barrier()
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks wrote their results
+    # Leave without running destructors. torch 2.13 on gloo can hang or abort a rank at exit after a
+    # finished run (with a plain Trainer too, no callback): freeing DDP's reducer joins a gloo worker
+    # thread while holding the GIL, and that thread waits for the GIL to free its last AsyncWork
+    # (py-spy: ~ProcessGroupGloo -> thread::join | AsyncWork::~AsyncWork -> gil_scoped_acquire).
+    # It failed CI once (SIGABRT) and hung here once in ~10 runs; destroy_process_group() first did
+    # not help, as the reducer still holds the group.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

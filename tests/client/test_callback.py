@@ -156,7 +156,7 @@ def test_not_attached_is_a_clear_error(near: ServiceProcess, tmp_path: Path) -> 
 
 def test_two_processes_train_on_the_main_process_selection(near: ServiceProcess, tmp_path: Path) -> None:
     script = Path(__file__).with_name("dist_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [
             sys.executable,
