@@ -178,3 +178,25 @@ def test_headers_over_the_limit_are_cut_off(serve: Any) -> None:
             assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
     assert sent < 20_000 * len(line)
     assert httpx.get(f"{svc.url}/health").status_code == 200
+
+
+def test_a_slow_pipelined_request_is_not_cut_by_the_header_deadline(serve: Any) -> None:
+    """The deadline is for headers: a pipelined request that takes longer to answer is not a 408."""
+    svc = serve(header_timeout=0.5)
+    backend = svc.embedder.backend
+    encode = backend.encode
+
+    def slow(texts: Any) -> Any:
+        time.sleep(1.5)
+        return encode(texts)
+
+    backend.encode = slow
+    body = b'{"queries":["slow apples"],"max_k":1}'
+    select = (
+        b"POST /select HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + select)  # two requests in one write
+        answer = _recv_all(s)
+    assert answer.count(b"HTTP/1.1 200") == 2 and b"HTTP/1.1 408" not in answer, answer

@@ -48,8 +48,10 @@ class NearH11Protocol(H11Protocol):
         self._arm_header_deadline()
 
     def on_response_complete(self) -> None:
+        # a kept-alive connection: the next request's headers are due. Armed first: uvicorn may start
+        # a pipelined request in the call below, and that one's headers have arrived
+        self._arm_header_deadline()
         super().on_response_complete()
-        self._arm_header_deadline()  # a kept-alive connection: the next request's headers are due
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
