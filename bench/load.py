@@ -197,11 +197,54 @@ async def phase_hang_up(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+async def phase_slowloris(ctx: Ctx) -> dict[str, Any]:
+    """Slow clients (half of them silent, half trickling a header line) beside an innocent mix: each
+    must get 408 and be closed after NEAR_HEADER_TIMEOUT (10 s), the innocent ones must not notice."""
+    n = 50 if ctx.quick else 200  # under NEAR_MAX_CONNECTIONS (512): a bounded slot each, for 10 s
+    host, port = ctx.url.removeprefix("http://").split(":")
+
+    async def slow(i: int) -> tuple[bytes, float]:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            if i % 2:
+                writer.write(b"GET /ready HTTP/1.1\r\nHost: x\r\n")
+                for _ in range(30):  # a header byte every 0.5 s, never the blank line
+                    await writer.drain()
+                    if reader.at_eof():
+                        break
+                    writer.write(b"X")
+                    try:
+                        answer = await asyncio.wait_for(reader.read(65536), 0.5)
+                        return answer, time.perf_counter() - t0
+                    except asyncio.TimeoutError:
+                        continue
+            answer = await asyncio.wait_for(reader.read(65536), 30)
+            return answer, time.perf_counter() - t0
+        except (OSError, asyncio.TimeoutError):
+            return b"", time.perf_counter() - t0
+        finally:
+            writer.close()
+
+    slow_tasks = [asyncio.ensure_future(slow(i)) for i in range(n)]
+    mix = await run_mix(ctx, 100 if ctx.quick else 300, 10, bad_every=0)
+    answers = await asyncio.gather(*slow_tasks)
+    closed = [t for a, t in answers if a.startswith(b"HTTP/1.1 408")]
+    return {
+        **mix,
+        "slow_clients": n,
+        "slow_got_408": len(closed),
+        "slow_not_cut": n - len(closed),  # target 0
+        "slow_closed_after_s": [round(min(closed), 1), round(max(closed), 1)] if closed else None,
+    }
+
+
 PHASES: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "burst": phase_burst,
     "soak": phase_soak,
     "head_of_line": phase_head_of_line,
     "hang_up": phase_hang_up,
+    "slowloris": phase_slowloris,
 }
 
 
@@ -268,15 +311,17 @@ def main() -> int:
             ctx.results["sigterm_exit_s"] = round(time.perf_counter() - t0, 2)
     total_5xx = sum(r.get("5xx", 0) for r in ctx.results.values() if isinstance(r, dict))
     lost = sum(r.get("innocent_failed", 0) for r in ctx.results.values() if isinstance(r, dict))
+    uncut = sum(r.get("slow_not_cut", 0) for r in ctx.results.values() if isinstance(r, dict))
     print(
         f"5xx: {total_5xx} (target 0); innocent requests failed: {lost} (target 0); "
+        f"slow clients not cut off: {uncut} (target 0); "
         f"RSS {ctx.results['rss_start_mib']} -> {ctx.results['rss_end_mib']} MiB; "
         f"/metrics {ctx.results['metrics_bytes'][0]} -> {ctx.results['metrics_bytes'][1]} bytes; "
         f"SIGTERM exit {ctx.results['sigterm_exit_s']} s"
     )
     if args.json:
         args.json.write_text(json.dumps(ctx.results, indent=2))
-    return 0 if total_5xx == 0 and lost == 0 else 1
+    return 0 if total_5xx == 0 and lost == 0 and uncut == 0 else 1
 
 
 if __name__ == "__main__":
