@@ -68,6 +68,19 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         thread.join(timeout=15)
 
 
+def _slow_down(svc: Served, seconds: float) -> Any:
+    """Make each of the fake model's embedding calls take ``seconds`` longer; its backend."""
+    backend = svc.embedder.backend
+    encode = backend.encode
+
+    def slow(texts: Any) -> Any:
+        time.sleep(seconds)
+        return encode(texts)
+
+    backend.encode = slow
+    return backend
+
+
 def _raw(port: int, head: bytes, body: bytes = b"", read_timeout: float = 10.0) -> tuple[bytes, float]:
     """Send ``head`` (and ``body``) on a raw socket; the status line and how long it took to come."""
     t0 = time.monotonic()
@@ -110,14 +123,7 @@ def test_a_body_over_the_limit_is_refused_before_parsing(serve: Any) -> None:
 
 def test_a_client_that_hangs_up_stops_its_embedding(serve: Any) -> None:
     svc = serve(embed_chunk_texts=64)
-    backend = svc.embedder.backend
-    encode = backend.encode
-
-    def slow(texts: Any) -> Any:
-        time.sleep(0.05)
-        return encode(texts)
-
-    backend.encode = slow
+    backend = _slow_down(svc, 0.05)
     queries = [f"question number {i} about apples" for i in range(4096)]
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{svc.url}/select", json={"queries": queries, "max_k": 1}, timeout=httpx.Timeout(0.5, connect=5))
@@ -183,14 +189,7 @@ def test_headers_over_the_limit_are_cut_off(serve: Any) -> None:
 def test_a_slow_pipelined_request_is_not_cut_by_the_header_deadline(serve: Any) -> None:
     """The deadline is for headers: a pipelined request that takes longer to answer is not a 408."""
     svc = serve(header_timeout=0.5)
-    backend = svc.embedder.backend
-    encode = backend.encode
-
-    def slow(texts: Any) -> Any:
-        time.sleep(1.5)
-        return encode(texts)
-
-    backend.encode = slow
+    _slow_down(svc, 1.5)
     body = b'{"queries":["slow apples"],"max_k":1}'
     select = (
         b"POST /select HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
