@@ -11,7 +11,9 @@ Two holes of uvicorn's defaults, both found by sending bytes to a running servic
   have not arrived: a connection that sends nothing, or one header line a minute, holds its slot
   forever, and ``NEAR_MAX_CONNECTIONS`` of them answer every other client 503 (slowloris).
   :class:`NearH11Protocol` gives each request ``NEAR_HEADER_TIMEOUT`` seconds, from the connection
-  (or the previous response) to the end of its headers, then answers 408 and closes the connection.
+  (or the previous response) to the end of its headers, then answers 408 and closes the connection
+  (or just closes it where not a byte of a request came: a client that sends its next request on a
+  kept-alive connection just then must not read a 408 as its answer).
 
 The request body has its own deadline (``NEAR_BODY_TIMEOUT``,
 :class:`~near_service.server.middleware.BodyLimitMiddleware`).
@@ -68,6 +70,10 @@ class NearH11Protocol(H11Protocol):
         if self.cycle is not cycle or self.transport.is_closing():
             return  # a request's headers arrived in time, or the connection is gone
         who = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        if not self.conn.trailing_data[0]:  # not a byte of a request: nothing to answer, like an idle keep-alive
+            log.info("%s sent nothing in %gs: connection closed", who, self.header_timeout)
+            self.transport.close()
+            return
         log.warning("%s sent no complete request headers in %gs: 408, connection closed", who, self.header_timeout)
         body = _timeout_body(self.header_timeout)
         head = (
