@@ -204,7 +204,7 @@ async def phase_slowloris(ctx: Ctx) -> dict[str, Any]:
     n = 50 if ctx.quick else 200  # under NEAR_MAX_CONNECTIONS (512): a bounded slot each, for 10 s
     host, port = ctx.url.removeprefix("http://").split(":")
 
-    async def slow(i: int) -> tuple[bytes, float]:
+    async def slow(i: int) -> tuple[bytes | None, float]:  # None: never cut off in 30 s
         t0 = time.perf_counter()
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
@@ -222,7 +222,9 @@ async def phase_slowloris(ctx: Ctx) -> dict[str, Any]:
                         continue
             answer = await asyncio.wait_for(reader.read(65536), 30)
             return answer, time.perf_counter() - t0
-        except (OSError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            return None, time.perf_counter() - t0
+        except OSError:  # reset by the service: cut off too
             return b"", time.perf_counter() - t0
         finally:
             writer.close()
@@ -230,7 +232,11 @@ async def phase_slowloris(ctx: Ctx) -> dict[str, Any]:
     slow_tasks = [asyncio.ensure_future(slow(i)) for i in range(n)]
     mix = await run_mix(ctx, 100 if ctx.quick else 300, 10, bad_every=0)
     answers = await asyncio.gather(*slow_tasks)
-    closed = [t for i, (a, t) in enumerate(answers) if a.startswith(b"HTTP/1.1 408") or (i % 2 == 0 and a == b"")]
+
+    def cut_off(i: int, answer: bytes | None) -> bool:  # silent ones: closed; trickling ones: a 408
+        return answer == b"" if i % 2 == 0 else answer is not None and answer.startswith(b"HTTP/1.1 408")
+
+    closed = [t for i, (a, t) in enumerate(answers) if cut_off(i, a)]
     return {
         **mix,
         "slow_clients": n,

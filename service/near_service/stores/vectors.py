@@ -156,7 +156,7 @@ class NpyRows:
         if fortran or self.dtype.hasobject:
             self._closer()
             raise ValueError(f"expected a C-ordered numeric array, found {self.dtype} {self.shape} (fortran {fortran})")
-        self._fd = fh.fileno()
+        self._fh = fh
         self.ndim = len(self.shape)
         self._row_items = int(np.prod(self.shape[1:])) if self.ndim else 1
 
@@ -170,17 +170,9 @@ class NpyRows:
         n = max(0, stop - start)
         row_bytes = self._row_items * self.dtype.itemsize
         buf = bytearray(n * row_bytes)
-        pos, begin = 0, self._offset + start * row_bytes
-        with memoryview(buf) as view:
-            while pos < len(buf):
-                got = os.preadv(self._fd, [view[pos:]], begin + pos)
-                if got <= 0:
-                    raise ValueError(
-                        f"file ended at byte {begin + pos}, inside rows {start}..{stop}: truncated while read"
-                    )
-                pos += got
-        if hasattr(os, "posix_fadvise") and buf:
-            os.posix_fadvise(self._fd, begin, len(buf), os.POSIX_FADV_DONTNEED)
+        if buf:
+            with memoryview(buf) as view:  # one chunk, one thread: read_npy's loop, page-cache drop included
+                _read_chunks(self._fh, view, self._offset + start * row_bytes, len(buf), threads=1)
         return np.frombuffer(buf, dtype=self.dtype).reshape((n, *self.shape[1:]))
 
     def close(self) -> None:
@@ -207,7 +199,7 @@ def _read_chunks(fh: Any, buf: memoryview, offset: int, chunk_bytes: int, thread
             while pos < end:
                 got = read_at(pos, end)
                 if got <= 0:
-                    raise ValueError(f"file ended after {pos} of {size} bytes: truncated")
+                    raise ValueError(f"file ended after {pos} of {size} bytes: truncated while read")
                 pos += got
             if hasattr(os, "posix_fadvise"):  # drop what was read: the page cache never holds a second copy
                 os.posix_fadvise(fd, offset + start, end - start, os.POSIX_FADV_DONTNEED)
