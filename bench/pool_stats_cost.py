@@ -10,6 +10,7 @@ docs/scaling.md.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import tracemalloc
 from pathlib import Path
@@ -18,6 +19,10 @@ import numpy as np
 from report import cpu_name, write_section
 
 from near_service.core.density import K_MAX, _blocks_numpy, bandwidth, compute_pool_stats
+from near_service.core.embedder import Embedder
+from near_service.core.records import load_texts
+from near_service.core.settings import load_settings
+from near_service.stores.cache import DiskCache
 
 SCALING = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 
@@ -26,6 +31,45 @@ def unit(n: int, d: int) -> np.ndarray:
     x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
+
+
+POOL_FILES = (
+    "gsm8k/train.jsonl",
+    "dataflex_demo/alpaca_en_demo.json",
+    "dataflex_demo/alpaca_zh_demo.json",
+    "dataflex_demo/c4_demo.jsonl",
+    "dataflex_demo/wiki_demo.jsonl",
+    "t0dev/candidates.jsonl",
+)
+_PIECES = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+|\n+")
+
+
+def real_texts(data: Path, rows: int) -> list[str]:
+    """A real pool of ``rows`` distinct texts from the shared data: every record (GSM8K train, the
+    DataFlex demo sets, t0dev; default template), then its sentences and lines (20+ characters),
+    evenly spaced down to ``rows``."""
+    records: list[str] = []
+    for f in POOL_FILES:
+        records += load_texts([data / f], "default", "candidate")
+    pieces = [q for t in records for p in _PIECES.split(t) if len(q := p.strip()) >= 20]
+    seen = set(records)
+    extra = [t for t in dict.fromkeys(pieces) if t not in seen]
+    need = max(0, rows - len(records))
+    if need > len(extra):
+        raise SystemExit(f"the shared data gives only {len(records) + len(extra)} distinct texts, asked for {rows}")
+    pick = np.unique(np.linspace(0, len(extra) - 1, need).astype(np.int64)) if need else np.zeros(0, np.int64)
+    return (records + [extra[i] for i in pick])[:rows]
+
+
+def real_vectors(data: Path, rows: int, cache: Path) -> np.ndarray:
+    """:func:`real_texts` embedded with the packaged MiniLM (dtype auto) through :class:`Embedder`,
+    with the quality bench's disk cache (a rerun embeds nothing)."""
+    texts = real_texts(data, rows)
+    embedder = Embedder.from_settings(load_settings(cache_dir=cache, dtype="auto"))
+    t = time.perf_counter()
+    vectors = embedder.embed(texts, "document", [DiskCache(cache)], progress=True)
+    print(f"real pool: {len(texts)} texts embedded or read in {time.perf_counter() - t:.0f}s", flush=True)
+    return vectors
 
 
 def measure(n: int, d: int, rows: int) -> tuple[float, float, bool]:

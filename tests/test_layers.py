@@ -1,6 +1,7 @@
 """The folders are the layers: no module imports a higher layer, and the import graph has no loop.
 
-near_schema  <  near_service.core  <  near_service.stores  <  near_service.server  <  near_service.cli
+near_schema  <  near_service.core  <  near_service.stores  <  near_service.report  <  near_service.engine
+             <  near_service.server  <  near_service.cli
 near_schema  <  near_client            (the client never imports near_service)
 """
 
@@ -17,7 +18,15 @@ PACKAGES = {
     "near_client": ROOT / "client" / "near_client",
     "near_schema": ROOT / "client" / "near_schema",
 }
-LAYERS = ["near_schema", "near_service.core", "near_service.stores", "near_service.server", "near_service.cli"]
+LAYERS = [
+    "near_schema",
+    "near_service.core",
+    "near_service.stores",
+    "near_service.report",
+    "near_service.engine",
+    "near_service.server",
+    "near_service.cli",
+]
 
 
 def module_name(path: Path) -> str:

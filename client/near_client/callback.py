@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from near_schema import PoolInfo, SelectResponse, Strategy, fingerprint
+from near_schema.templates import render_records
 
 from .client import NearClient, retryable
 from .errors import APIError, ConflictError, InvalidResponseError, NearClientError, PoolMismatchError, ServerError
@@ -71,6 +72,14 @@ class NearSelectionCallback(TrainerCallback):
         run_id: the ledger's run id (default: ``args.run_name``, else ``args.output_dir``). With
             ``run_id`` and ``round`` the service returns a stored round unchanged, so a run resumed
             from a checkpoint trains on identical selections.
+        pool: the service's pool to select from (default: its pool named ``default``).
+        register: register the Trainer's own ``train_dataset`` as the pool first (``PUT /pools``:
+            its rows rendered with ``template`` by :func:`near_schema.templates.render_records`, the
+            function the service renders files with, or ``pool_texts`` when given), wait for it,
+            and from then on every index received is an index into exactly that dataset. A second
+            run with the same data registers nothing new (same fingerprint). Pool name: ``pool``,
+            else ``train-<fingerprint>``.
+        template: how ``register`` renders dataset rows (see ``near-select offline --template``).
         pool_texts: the pool's rendered texts, in order; when given, the service's pool
             fingerprint must match them (otherwise only the size is checked).
         strict: raise when the service fails instead of keeping the current selection.
@@ -105,6 +114,10 @@ class NearSelectionCallback(TrainerCallback):
         pool_texts: Sequence[str] | None = None,
         strict: bool = False,
         use_ledger: bool = True,
+        pool: str | None = None,
+        register: bool = False,
+        template: str = "default",
+        wait_timeout: float = 3600.0,
     ) -> None:
         if warmup_step < 0 or update_step < 1 or update_times < 0 or max_k < 1:
             raise ValueError("need warmup_step >= 0, update_step >= 1, update_times >= 0, max_k >= 1")
@@ -115,7 +128,10 @@ class NearSelectionCallback(TrainerCallback):
         self.warmup_step, self.update_step, self.update_times = warmup_step, update_step, update_times
         self.max_k, self.budget, self.strategy = max_k, budget, strategy
         self.exclude_previous, self.run_id, self.strict, self.use_ledger = exclude_previous, run_id, strict, use_ledger
-        self.pool_fingerprint = fingerprint(pool_texts) if pool_texts is not None else None
+        self.pool_texts = list(pool_texts) if pool_texts is not None else None
+        self.pool_fingerprint = fingerprint(self.pool_texts) if self.pool_texts is not None else None
+        self.pool_name, self.register, self.template, self.wait_timeout = pool, register, template, wait_timeout
+        self._dataset: Any = None
         self.next_round = 0
         self.sampler: SelectionSampler | None = None
         self._pool: PoolInfo | None = None  # the service's pool, once checked
@@ -136,6 +152,7 @@ class NearSelectionCallback(TrainerCallback):
             )
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
+        self._dataset = dataset
         args = trainer.args
         seed = args.data_seed if args.data_seed is not None else args.seed
 
@@ -169,6 +186,8 @@ class NearSelectionCallback(TrainerCallback):
         self._run_id = _run_id(self.run_id or args.run_name or os.path.abspath(args.output_dir or "run"))
         if state.global_step > 0:
             self._restore(args, state)
+        if self.register and _rank() == 0:
+            self._register()  # errors here stop training: without its pool the run cannot select
         # Fail fast on a wrong pool; a service that is not up yet is retried at the first update.
         self._on_main(self._check_pool, what="pool check")
         if self.warmup_step == 0 and state.global_step == 0:
@@ -276,6 +295,7 @@ class NearSelectionCallback(TrainerCallback):
                 run_id=self._run_id if ledger else None,
                 round=rr if ledger else None,
                 exclude_previous=self.exclude_previous and ledger,
+                pool=self.pool_name,
             )
 
         try:
@@ -311,22 +331,54 @@ class NearSelectionCallback(TrainerCallback):
         assert self.sampler is not None
         return self.sampler.size
 
+    def _register(self) -> None:
+        """Render the Trainer's dataset, register it as the pool and wait until it is searchable."""
+        texts = self.pool_texts if self.pool_texts is not None else _render_dataset(self._dataset, self.template)
+        fp = fingerprint(texts)
+        if self.pool_fingerprint is not None and fp != self.pool_fingerprint:  # pragma: no cover - same texts
+            raise PoolMismatchError("pool_texts changed while registering", expected=self.pool_fingerprint, actual=fp)
+        self.pool_fingerprint = fp
+        self.pool_name = self.pool_name or f"train-{fp}"
+        try:
+            status = self.client.put_pool(self.pool_name, texts)
+        except ConflictError as exc:
+            raise PoolMismatchError(
+                f"the service's pool {self.pool_name!r} holds other data ({exc.message}); name another pool, or "
+                "delete it first",
+                expected=fp,
+            ) from exc
+        log.info("NEAR pool %r: %d rows registered (%s); waiting for it", self.pool_name, status.rows, status.state)
+        searchable = self.strategy not in ("density", "importance")
+        self.client.wait_pool(self.pool_name, self.wait_timeout, progress=True, searchable=searchable)
+
     def _check_pool(self) -> None:
-        info = self.client.info()
         size = self._pool_size()
-        if info.pool.size != size:
+        if self.pool_name is not None:
+            status = self.client.pool(self.pool_name)
+            info = self.client.info()
+            actual = PoolInfo(size=status.rows, fingerprint=status.fingerprint, model=info.model, name=status.name)
+        else:
+            info = self.client.info()
+            if info.pool is None:
+                raise PoolMismatchError(
+                    "the service has no default pool: pass pool='name', or register=True to register the "
+                    "training dataset",
+                    expected=size,
+                )
+            actual = info.pool
+        if actual.size != size:
             raise PoolMismatchError(
-                f"the service's pool has {info.pool.size} samples but the training dataset has {size}: "
-                "serve the training dataset as the candidate pool, in the same order",
+                f"the service's pool {actual.name!r} has {actual.size} samples but the training dataset has {size}: "
+                "serve the training dataset as the candidate pool, in the same order (or register=True)",
                 expected=size,
-                actual=info.pool.size,
+                actual=actual.size,
             )
-        if self.pool_fingerprint is not None and info.pool.fingerprint != self.pool_fingerprint:
+        if self.pool_fingerprint is not None and actual.fingerprint != self.pool_fingerprint:
             raise PoolMismatchError(
-                f"the service's pool fingerprint {info.pool.fingerprint} differs from the training texts' "
+                f"the service's pool fingerprint {actual.fingerprint} differs from the training texts' "
                 f"{self.pool_fingerprint}: same size, different samples or order (or another template)",
                 expected=self.pool_fingerprint,
-                actual=info.pool.fingerprint,
+                actual=actual.fingerprint,
             )
         if self.use_ledger and info.redis == "disabled":
             log.warning(
@@ -334,7 +386,7 @@ class NearSelectionCallback(TrainerCallback):
                 "get different selections"
             )
             self.use_ledger = False
-        self._pool = info.pool
+        self._pool = actual
 
     def _on_main(self, fn: Any, what: str) -> Any:
         """Run ``fn`` on the main process, share its result; service failures warn (or raise if strict)."""
@@ -367,6 +419,25 @@ class NearSelectionCallback(TrainerCallback):
             payload["error"],
         )
         return None
+
+
+def _render_dataset(dataset: Any, template: str) -> list[str]:
+    """The texts of a map-style dataset's rows, rendered as the service renders pool files."""
+    rows = []
+    for i in range(len(dataset)):
+        row = dataset[i]
+        if not isinstance(row, dict):
+            raise TypeError(
+                f"train_dataset[{i}] is {type(row).__name__}; register=True needs dict rows, or pool_texts="
+            )
+        rows.append(row)
+    try:
+        return render_records(rows, template, "train_dataset")
+    except ValueError as exc:
+        raise ValueError(
+            f"register=True cannot render the training dataset ({exc}); keep its text columns (e.g. "
+            "question/answer, instruction/output, text, messages) next to input_ids, or pass pool_texts="
+        ) from exc
 
 
 def _transient(exc: NearClientError) -> bool:

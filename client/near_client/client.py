@@ -20,6 +20,7 @@ import asyncio
 import logging
 import operator
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from near_schema import (
     EmbeddingsResponse,
     HealthResponse,
     InfoResponse,
+    PoolList,
+    PoolRequest,
+    PoolStatus,
     ReadyResponse,
     RunInfo,
     SelectRequest,
@@ -47,6 +51,8 @@ from .errors import (
     ConnectError,
     InvalidResponseError,
     NearClientError,
+    PoolFailedError,
+    PoolNotReadyError,
     RateLimitedError,
     RequestTimeoutError,
     ServiceUnavailableError,
@@ -154,6 +160,7 @@ class _Base:
         run_id: str | None,
         round: int | None,
         exclude_previous: bool,
+        pool: str | None = None,
     ) -> dict[str, Any]:
         request = SelectRequest(  # the schema is strict: numpy integers become ints here, "5" is refused
             queries=list(queries),
@@ -163,8 +170,27 @@ class _Base:
             run_id=run_id,
             round=None if round is None else operator.index(round),
             exclude_previous=bool(exclude_previous),
+            pool=pool,
         )
-        return request.model_dump(mode="json")
+        return request.model_dump(mode="json", exclude_none=True)
+
+    @staticmethod
+    def _pool_put(
+        name: str,
+        texts: Sequence[str] | None,
+        files: Sequence[str] | None,
+        template: str,
+        replace: bool,
+        density_stats: str | None,
+    ) -> tuple[str, dict[str, Any]]:
+        body = PoolRequest(
+            texts=None if texts is None else list(texts),
+            files=None if files is None else [str(f) for f in files],
+            template=template,
+            density_stats=density_stats,  # type: ignore[arg-type]
+        )
+        path = _pool_path(name) + ("?replace=true" if replace else "")
+        return path, body.model_dump(mode="json", exclude_none=True)
 
     @staticmethod
     def _embeddings_body(input: str | Sequence[str], model: str | None, dimensions: int | None) -> dict[str, Any]:
@@ -256,10 +282,66 @@ class NearClient(_Base):
         run_id: str | None = None,
         round: int | None = None,
         exclude_previous: bool = False,
+        pool: str | None = None,
     ) -> SelectResponse:
-        """``POST /select``: each query's ``max_k`` nearest candidates, and ``budget`` unique ones."""
-        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
+        """``POST /select``: each query's ``max_k`` nearest candidates, and ``budget`` unique ones,
+        in pool ``pool`` (default: the service's pool named ``default``)."""
+        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous, pool)
         return _parse(SelectResponse, self._request("POST", "/select", body))
+
+    def put_pool(
+        self,
+        name: str,
+        texts: Sequence[str] | None = None,
+        *,
+        files: Sequence[str] | None = None,
+        template: str = "default",
+        replace: bool = False,
+        density_stats: str | None = None,
+    ) -> PoolStatus:
+        """``PUT /pools/{name}``: register ``texts`` (rendered) or ``files`` (under the service's
+        NEAR_POOL_DIR, rendered with ``template``). Returns at once; :meth:`wait_pool` waits.
+
+        >>> near.put_pool("gsm8k", texts=pool_texts).state                  # doctest: +SKIP
+        'queued'
+        """
+        path, body = self._pool_put(name, texts, files, template, replace, density_stats)
+        return _parse(PoolStatus, self._request("PUT", path, body))
+
+    def pools(self) -> list[PoolStatus]:
+        """``GET /pools``: every pool with its state, rows, fingerprint, progress and memory."""
+        return _parse(PoolList, self._request("GET", "/pools")).pools
+
+    def pool(self, name: str) -> PoolStatus:
+        """``GET /pools/{name}`` (``PoolNotFoundError`` if there is none)."""
+        return _parse(PoolStatus, self._request("GET", _pool_path(name)))
+
+    def delete_pool(self, name: str) -> PoolStatus:
+        """``DELETE /pools/{name}``: frees its memory and vector file (runs keep their ledger)."""
+        return _parse(PoolStatus, self._request("DELETE", _pool_path(name)))
+
+    def wait_pool(
+        self,
+        name: str,
+        timeout: float = 600.0,
+        *,
+        interval: float = 1.0,
+        progress: bool = False,
+        searchable: bool = False,
+    ) -> PoolStatus:
+        """Poll ``GET /pools/{name}`` until the pool is ``ready`` (or, with ``searchable``, already
+        searchable while its statistics compute). ``progress`` shows a tqdm bar on a terminal.
+        Raises :class:`PoolFailedError` if it fails, ``PoolNotReadyError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with _Bar(name, progress) as bar:
+            while True:
+                status = self.pool(name)
+                bar.show(status)
+                if _pool_done(status, searchable):
+                    return status
+                if time.monotonic() >= deadline:
+                    raise _pool_timeout(status, timeout)
+                time.sleep(interval)
 
     def info(self) -> InfoResponse:
         """``GET /info``: model, backend, dtype, pool size and fingerprint, Redis state."""
@@ -375,9 +457,52 @@ class AsyncNearClient(_Base):
         run_id: str | None = None,
         round: int | None = None,
         exclude_previous: bool = False,
+        pool: str | None = None,
     ) -> SelectResponse:
-        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous)
+        body = self._select_body(queries, max_k, budget, strategy, run_id, round, exclude_previous, pool)
         return _parse(SelectResponse, await self._request("POST", "/select", body))
+
+    async def put_pool(
+        self,
+        name: str,
+        texts: Sequence[str] | None = None,
+        *,
+        files: Sequence[str] | None = None,
+        template: str = "default",
+        replace: bool = False,
+        density_stats: str | None = None,
+    ) -> PoolStatus:
+        path, body = self._pool_put(name, texts, files, template, replace, density_stats)
+        return _parse(PoolStatus, await self._request("PUT", path, body))
+
+    async def pools(self) -> list[PoolStatus]:
+        return _parse(PoolList, await self._request("GET", "/pools")).pools
+
+    async def pool(self, name: str) -> PoolStatus:
+        return _parse(PoolStatus, await self._request("GET", _pool_path(name)))
+
+    async def delete_pool(self, name: str) -> PoolStatus:
+        return _parse(PoolStatus, await self._request("DELETE", _pool_path(name)))
+
+    async def wait_pool(
+        self,
+        name: str,
+        timeout: float = 600.0,
+        *,
+        interval: float = 1.0,
+        progress: bool = False,
+        searchable: bool = False,
+    ) -> PoolStatus:
+        deadline = time.monotonic() + timeout
+        with _Bar(name, progress) as bar:
+            while True:
+                status = await self.pool(name)
+                bar.show(status)
+                if _pool_done(status, searchable):
+                    return status
+                if time.monotonic() >= deadline:
+                    raise _pool_timeout(status, timeout)
+                await asyncio.sleep(interval)
 
     async def info(self) -> InfoResponse:
         return _parse(InfoResponse, await self._request("GET", "/info"))
@@ -414,6 +539,49 @@ class AsyncNearClient(_Base):
     ) -> EmbeddingsResponse:
         body = self._embeddings_body(input, model, dimensions)
         return _parse(EmbeddingsResponse, await self._request("POST", "/v1/embeddings", body))
+
+
+def _pool_path(name: str) -> str:
+    return f"/pools/{quote(name, safe='')}"
+
+
+def _pool_done(status: PoolStatus, searchable: bool) -> bool:
+    if status.state == "failed":
+        raise PoolFailedError(f"pool {status.name!r} failed on the service: {status.message}")
+    return status.state == "ready" or (searchable and status.state in ("stats", "evicted"))
+
+
+def _pool_timeout(status: PoolStatus, timeout: float) -> NearClientError:
+    p = status.progress
+    return PoolNotReadyError(
+        503, "pool_not_ready", f"pool {status.name!r} still {status.state} after {timeout:g}s ({p.done}/{p.total})"
+    )
+
+
+class _Bar:
+    """A tqdm bar of a pool's progress, on a terminal and where tqdm is installed; else nothing."""
+
+    def __init__(self, name: str, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=0, unit="row", desc=f"pool {name}")
+
+    def show(self, status: PoolStatus) -> None:
+        if self._bar is not None:
+            self._bar.total = status.progress.total
+            self._bar.n = status.progress.done
+            self._bar.set_postfix_str(status.state, refresh=True)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _not_ready(url: str, timeout: float, last: ReadyResponse | NearClientError | None) -> NearClientError:

@@ -12,12 +12,23 @@ request that is invalid before it is sent)::
     │   ├── BadRequestError          400, 422  a request the service cannot use
     │   ├── AuthenticationError      401       missing or wrong API key
     │   ├── NotFoundError            404       unknown run id (or route)
+    │   │   └── PoolNotFoundError    404       no pool of that name
+    │   ├── SlowRequestError         408       the request did not arrive in time
     │   ├── ConflictError            409
+    │   │   ├── PoolConflictError    409       the pool name holds other content
+    │   │   └── RunPoolMismatchError 409       the run belongs to another pool
     │   ├── PayloadTooLargeError     413       over the service's limits
     │   ├── RateLimitedError         429       queue full; ``retry_after`` seconds
     │   └── ServerError              5xx
-    │       └── ServiceUnavailableError  502, 503, 504  loading, or Redis needed and down
+    │       ├── ServiceUnavailableError  502, 503, 504  loading, or Redis needed and down
+    │       │   ├── PoolNotReadyError    503  the pool is still embedding
+    │       │   └── StatsPendingError    503  the pool's density statistics are computing
+    │       └── InsufficientMemoryError  507  the pool does not fit the service's memory
+    ├── PoolFailedError                  a pool the client waited for failed on the service
     └── PoolMismatchError                the service's pool is not the training dataset
+
+``ERROR_CLASSES`` maps every ``near_schema.ErrorCode`` to its class (one table; the status decides
+for codes it does not know, e.g. from a proxy).
 
 ``APIError`` carries the HTTP ``status_code`` and the service's stable ``code`` and ``message`` from
 its ``{"error": {"code", "message"}}`` body.
@@ -40,20 +51,29 @@ import time
 import httpx
 
 __all__ = [
+    "ERROR_CLASSES",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
     "ConnectError",
+    "InsufficientMemoryError",
     "InvalidResponseError",
     "NearClientError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PoolConflictError",
+    "PoolFailedError",
     "PoolMismatchError",
+    "PoolNotFoundError",
+    "PoolNotReadyError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "RunPoolMismatchError",
     "ServerError",
     "ServiceUnavailableError",
+    "SlowRequestError",
+    "StatsPendingError",
     "TransportError",
     "raise_for_status",
 ]
@@ -122,6 +142,38 @@ class ServiceUnavailableError(ServerError):
     """502/503/504: not ready yet (still embedding the pool), or Redis needed and down."""
 
 
+class PoolNotFoundError(NotFoundError):
+    """404 ``pool_not_found``: no pool of that name on the service."""
+
+
+class SlowRequestError(APIError):
+    """408: the request (headers or body) did not reach the service in time."""
+
+
+class PoolConflictError(ConflictError):
+    """409 ``pool_conflict``: the pool name holds other content (``replace=True`` replaces it)."""
+
+
+class RunPoolMismatchError(ConflictError):
+    """409 ``run_pool_mismatch``: the run_id belongs to another pool, or to this pool's old content."""
+
+
+class PoolNotReadyError(ServiceUnavailableError):
+    """503 ``pool_not_ready``: the pool is queued or embedding; ``retry_after`` says when to ask again."""
+
+
+class StatsPendingError(ServiceUnavailableError):
+    """503 ``stats_pending``: density/importance wait for the pool's statistics (round_robin works now)."""
+
+
+class InsufficientMemoryError(ServerError):
+    """507 ``insufficient_memory``: the pool's memory plan does not fit the service (the message says how much)."""
+
+
+class PoolFailedError(NearClientError):
+    """A pool the client waited for ended in state ``failed`` (the message is the service's reason)."""
+
+
 class PoolMismatchError(NearClientError):
     """The service's candidate pool is not the training dataset (size or fingerprint differ)."""
 
@@ -134,14 +186,50 @@ class PoolMismatchError(NearClientError):
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: AuthenticationError,
     404: NotFoundError,
+    405: BadRequestError,
+    408: SlowRequestError,
     409: ConflictError,
     413: PayloadTooLargeError,
+    415: BadRequestError,
     422: BadRequestError,
     429: RateLimitedError,
     502: ServiceUnavailableError,
     503: ServiceUnavailableError,
     504: ServiceUnavailableError,
+    507: InsufficientMemoryError,
+}
+
+#: The one table: every error code the service sends (``near_schema.ErrorCode``) -> its class.
+ERROR_CLASSES: dict[str, type[APIError]] = {
+    "invalid_config": BadRequestError,
+    "invalid_input": BadRequestError,
+    "invalid_record": BadRequestError,
+    "invalid_max_k": BadRequestError,
+    "budget_too_large": BadRequestError,
+    "invalid_pool_path": BadRequestError,
+    "bad_request": BadRequestError,
+    "method_not_allowed": BadRequestError,
+    "not_acceptable": BadRequestError,
+    "unsupported_media_type": BadRequestError,
+    "unauthorized": AuthenticationError,
+    "forbidden": AuthenticationError,
+    "not_found": NotFoundError,
+    "pool_not_found": PoolNotFoundError,
+    "request_timeout": SlowRequestError,
+    "conflict": ConflictError,
+    "missing_rounds": ConflictError,
+    "ledger_damaged": ConflictError,
+    "pool_conflict": PoolConflictError,
+    "run_pool_mismatch": RunPoolMismatchError,
+    "too_large": PayloadTooLargeError,
+    "overloaded": RateLimitedError,
+    "unavailable": ServiceUnavailableError,
+    "pool_not_ready": PoolNotReadyError,
+    "stats_pending": StatsPendingError,
+    "insufficient_memory": InsufficientMemoryError,
+    "internal": ServerError,
 }
 
 
@@ -182,5 +270,7 @@ def raise_for_status(response: httpx.Response) -> None:
         pass
     if not message:
         message = response.text[:500].strip() or response.reason_phrase or "error"
-    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    cls = ERROR_CLASSES.get(code) or _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    if not issubclass(cls, _BY_STATUS.get(status, APIError)) and status in _BY_STATUS:
+        cls = _BY_STATUS[status]  # a code sent with an unexpected status: the status decides
     raise cls(status, code, message, retry_after=parse_retry_after(response.headers.get("Retry-After")))

@@ -20,6 +20,45 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 Strategy = Literal["density", "round_robin", "max_score", "importance"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 LoadStatus = Literal["ready", "loading", "failed"]
+#: A pool's life: queued -> embedding -> stats (searchable; density statistics computing) -> ready;
+#: failed (with a message); evicted (vectors on disk only, reloaded by the next /select).
+PoolState = Literal["queued", "embedding", "stats", "ready", "failed", "evicted"]
+StatsState = Literal["pending", "computing", "ready", "off", "failed"]
+PoolSource = Literal["startup", "texts", "files"]
+POOL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+DEFAULT_POOL = "default"
+#: Every ``error.code`` the service sends. The client maps each one to an exception class
+#: (``near_client.errors.ERROR_CLASSES``); a test checks that both lists agree.
+ErrorCode = Literal[
+    "invalid_config",
+    "invalid_input",
+    "invalid_record",
+    "invalid_max_k",
+    "budget_too_large",
+    "invalid_pool_path",
+    "unauthorized",
+    "not_found",
+    "pool_not_found",
+    "request_timeout",
+    "conflict",
+    "missing_rounds",
+    "ledger_damaged",
+    "pool_conflict",
+    "run_pool_mismatch",
+    "too_large",
+    "insufficient_memory",
+    "overloaded",
+    "unavailable",
+    "pool_not_ready",
+    "stats_pending",
+    "internal",
+    "method_not_allowed",
+    "bad_request",
+    "forbidden",
+    "not_acceptable",
+    "unsupported_media_type",
+]
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 RedisStatus = Literal["ok", "degraded", "disabled"]
 ResultSource = Literal["computed", "stored"]
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
@@ -89,6 +128,9 @@ class SelectRequest(_Model):
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run for the ledger.")
     round: int | None = Field(None, ge=0, le=100_000, description="Update round within the run.")
     exclude_previous: bool = Field(False, description="Leave out candidates selected in earlier rounds.")
+    pool: str | None = Field(
+        None, pattern=POOL_NAME_PATTERN, description="Registered pool to search (default: the pool named 'default')."
+    )
 
     @model_validator(mode="after")
     def _ledger_fields(self) -> SelectRequest:
@@ -105,6 +147,74 @@ class PoolInfo(BaseModel):
     size: int
     fingerprint: str
     model: str
+    name: str = DEFAULT_POOL
+
+
+class PoolRequest(_Model):
+    """``PUT /pools/{name}``: the pool's texts (rendered) or files under NEAR_POOL_DIR (rendered here).
+
+    An NDJSON body (``Content-Type: application/x-ndjson``, one JSON string per line) is the same as
+    ``{"texts": [...]}`` and is read as it streams in."""
+
+    texts: list[Text] | None = Field(None, min_length=1, description="Already rendered texts, one per row.")
+    files: list[str] | None = Field(
+        None, min_length=1, max_length=256, description="Files relative to NEAR_POOL_DIR, read in order."
+    )
+    template: str = Field("default", description="How the files' records become texts (see --template).")
+    density_stats: Literal["auto", "load", "off"] | None = Field(
+        None, description="This pool's density statistics (default: NEAR_DENSITY_STATS)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PoolRequest:
+        if (self.texts is None) == (self.files is None):
+            raise ValueError("give exactly one of texts or files")
+        if self.texts is not None:
+            for i, t in enumerate(self.texts):
+                if not t.strip():
+                    raise ValueError(f"texts[{i}] is empty: every row needs text")
+        return self
+
+
+class PoolProgress(BaseModel):
+    done: int = 0
+    total: int = 0
+    rows_per_s: float | None = None
+    eta_s: float | None = None
+
+
+class StatsStatus(BaseModel):
+    state: StatsState = "pending"
+    done: int = 0
+    total: int = 0
+    method: str | None = None
+    message: str | None = None
+
+
+class PoolStatus(BaseModel):
+    """One registered pool, as ``GET /pools/{name}`` shows it."""
+
+    name: str
+    state: PoolState
+    rows: int
+    fingerprint: str
+    source: PoolSource
+    default: bool = Field(description="The pool /select searches when the request names none.")
+    progress: PoolProgress = Field(default_factory=PoolProgress)
+    stats: StatsStatus = Field(default_factory=StatsStatus)
+    memory_bytes: int = Field(0, description="Host (or GPU) memory the pool holds now: vectors, index, statistics.")
+    planned_bytes: int = Field(0, description="What the pool holds once loaded (the memory plan).")
+    message: str | None = None
+    created_at: float = 0.0
+    last_used: float | None = None
+    embedded: int = Field(0, description="Rows run through the model for this pool (0: all from stores).")
+
+
+class PoolList(BaseModel):
+    pools: list[PoolStatus]
+    default: str | None
+    memory_bytes: int = Field(description="Memory all loaded pools hold.")
+    max_memory_bytes: int = Field(description="NEAR_MAX_POOL_MEMORY: what pools may hold together.")
 
 
 class MemoryPlanInfo(BaseModel):
@@ -146,7 +256,8 @@ class InfoResponse(BaseModel):
     pooling: str
     query_prompt: str
     index: str
-    pool: PoolInfo
+    pool: PoolInfo | None = Field(None, description="The default pool, where there is one and it is searchable.")
+    pools: list[PoolStatus] = Field(default_factory=list)
     redis: RedisStatus
     memory: MemoryPlanInfo | None = None
 
@@ -161,6 +272,7 @@ class ReadyResponse(BaseModel):
     progress: Progress | None = None
     redis: RedisStatus
     message: str | None = None
+    pool: str | None = Field(None, description="The default pool this status is about (null: none).")
 
 
 class HealthResponse(BaseModel):
@@ -173,16 +285,19 @@ class RunRound(BaseModel):
     max_k: int
     strategy: Strategy
     created_at: float = Field(description="Unix time the round was first stored.")
+    budget: int | None = None
+    query_count: int | None = None
 
 
 class RunInfo(BaseModel):
     run_id: str
     pool: PoolInfo
     rounds: list[RunRound]
+    pool_deleted: bool = Field(False, description="The run's pool is no longer registered (its rounds remain).")
 
 
 class ErrorDetail(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 

@@ -69,8 +69,22 @@ def test_gpu_image_search_path_and_extras() -> None:
     ins = dockerfile_instructions(DOCKERFILE_GPU)
     assert ins[0][0] == "FROM" and ins[0][1].startswith("nvidia/cuda:")
     assert "requirements.py server vllm" in text
-    assert "faiss-gpu" not in text.replace("No faiss-gpu", "")
     assert "ARG PYTHON_VERSION=3.11" in text
+
+
+def test_gpu_image_installs_the_faiss_gpu_extra_and_checks_its_kernels() -> None:
+    text = DOCKERFILE_GPU.read_text()
+    ins = dockerfile_instructions(DOCKERFILE_GPU)
+    faiss_step = _find(ins, "RUN", "requirements.py faiss-gpu")
+    assert _find(ins, "RUN", "requirements.py server vllm") < faiss_step < _find(ins, "COPY", "service")
+    run = ins[faiss_step][1]
+    # faiss-cpu goes first (same module), the version comes from pyproject.toml alone, and the build
+    # fails where the installed faiss has no Hopper kernels
+    assert run.index("pip uninstall -y faiss-cpu") < run.index("pip install --no-cache-dir -r /tmp/faiss-gpu.txt")
+    assert "python docker/cuda_arches.py --require sm_90 faiss" in run
+    (extra,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["faiss-gpu"]
+    assert extra not in text, "pin the faiss-gpu build in pyproject.toml only"
+    assert _find(ins, "COPY", "docker/cuda_arches.py") < faiss_step
 
 
 def test_cpu_image_uses_the_torch_cpu_build() -> None:

@@ -82,9 +82,14 @@ def test_unknown_run_is_404(svc: InProcessService) -> None:
 def test_another_pool_does_not_see_the_runs(
     svc: InProcessService, module_inprocess: InProcessFactory, module_redis_server: RedisServer
 ) -> None:
-    assert select(svc, queries=QUERIES, max_k=5, run_id="run-e", round=0).status_code == 200
+    """A run is bound to the pool (name + content) of its first round: a service whose default pool
+    holds other content neither lists it nor lets the run continue there (409 naming both)."""
+    first = select(svc, queries=QUERIES, max_k=5, run_id="run-e", round=0)
+    assert first.status_code == 200
     other = module_inprocess(qa_records(30, seed=1), redis_url=module_redis_server.url)
     assert other.client.get("/runs/run-e").status_code == 404
     r = select(other, queries=QUERIES, max_k=5, run_id="run-e", round=0)
-    assert r.status_code == 200 and r.json()["pool"]["size"] == 30
+    assert r.status_code == 409 and r.json()["error"]["code"] == "run_pool_mismatch"
+    assert first.json()["pool"]["fingerprint"] in r.json()["error"]["message"]
+    assert select(other, queries=QUERIES, max_k=5, run_id="run-f", round=0).status_code == 200
     assert svc.client.get("/runs/run-e").json()["pool"]["size"] == 40

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.inprocess
     ("flags", "message"),
     [
         (["--candidates", "/nonexistent/pool.jsonl"], "candidate file(s) not found: /nonexistent/pool.jsonl"),
-        ([], "no candidate pool"),
         (["--candidates", "x.jsonl", "--max-k-limit", "0"], "max_k_limit"),
         (["--candidates", "x.jsonl", "--template", "{unclosed"], "template"),
         (["--candidates", "x.jsonl", "--model", "/nonexistent/model"], "model '/nonexistent/model' is not a local"),
@@ -63,7 +62,8 @@ def test_ready_is_503_with_progress_while_loading(inprocess: InProcessFactory) -
     assert body["status"] == "loading" and body["progress"]["total"] == 40
     r = svc.client.post("/select", json={"queries": ["x"], "max_k": 1})
     assert r.status_code == 503
-    assert r.json()["error"]["code"] == "unavailable" and "not ready" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "pool_not_ready" and "embedding" in r.json()["error"]["message"]
+    assert int(r.headers["Retry-After"]) >= 1
     deadline = time.monotonic() + 30  # then it finishes loading and serves
     while svc.client.get("/ready").status_code != 200:
         assert time.monotonic() < deadline

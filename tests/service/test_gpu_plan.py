@@ -175,23 +175,7 @@ def test_device_from_the_nvml_count() -> None:
     assert resolve_device("auto") == "cpu"
 
 
-@pytest.mark.parametrize(
-    ("capability", "k", "faiss_gpu", "engine"),
-    [
-        ((8, 0), 100, True, "faiss-gpu"),  # A100
-        ((7, 0), 2048, True, "faiss-gpu"),  # V100, at the limit
-        ((8, 6), 10, True, "faiss-gpu"),  # A10: sm_80 kernels run on sm_86
-        ((7, 5), 10, True, "faiss-gpu"),  # T4
-        ((8, 0), 2049, True, "faiss-cpu"),  # K above GPU FAISS's limit
-        ((9, 0), 10, True, "faiss-cpu"),  # H100/H200: no kernels
-        ((12, 0), 10, True, "faiss-cpu"),
-        (None, 10, True, "faiss-cpu"),
-        ((8, 0), 10, False, "faiss-cpu"),  # faiss-cpu installed
-    ],
-)
-def test_ivf_engine_choice(capability: tuple[int, int] | None, k: int, faiss_gpu: bool, engine: str) -> None:
-    chosen, why = gpu.choose_ivf_engine(capability, k, faiss_gpu)
-    assert chosen == engine and why
+# The FAISS engine choice (kernels, k limits) is tested in tests/service/test_faiss_gpu.py.
 
 
 def test_vllm_share_from_what_the_model_needs(tmp_path: Path) -> None:

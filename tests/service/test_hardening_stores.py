@@ -152,7 +152,7 @@ def test_bad_blob_is_embedded_again(
         client.set(victim, bad)
     else:
         client.flushall()  # only the disk cache is warm, and one of its values is bad
-        first.state.stores[1].put_many([(victim.decode().removeprefix("near:emb:"), bad)])
+        first.state.engine.stores[1].put_many([(victim.decode().removeprefix("near:emb:"), bad)])
     shutil.rmtree(tmp_path / "c" / "pools", ignore_errors=True)  # the pool's vector file: start from the caches
     # the damaged store is the only warm one for that entry (a fresh disk cache when Redis holds it)
     second = inprocess(redis_url=redis_server.url, cache_dir=tmp_path / ("c" if where == "disk" else "c2"))

@@ -167,7 +167,7 @@ def test_select_density_inprocess(
     picked = r.json()["selected"]
     assert len(set(picked)) == 8 and set(picked) <= {i for row in r.json()["indices"] for i in row}
     # the same answer as the core function on the service's own vectors and statistics
-    pool = svc.state.selector.pool if svc.state.selector else None
+    pool = svc.state.engine.pools["default"].pool
     assert pool is not None and pool.density_stats is not None
     qv = svc.embedder.embed(queries, "query")
     expect = density(np.array(r.json()["indices"]), qv, pool.vectors, pool.density_stats, 8)
@@ -216,7 +216,7 @@ def test_offline_density_writes_selected(tmp_path: Path) -> None:
 
 def test_density_strategies_are_a_clear_422_when_the_pool_statistics_are_off(inprocess: InProcessFactory) -> None:
     svc = inprocess(density_stats="off")
-    assert svc.state.require_selector().pool.density_stats is None
+    assert svc.state.engine.get("default").pool.density_stats is None
     body = {"queries": ["How many apples now?"], "max_k": 5, "budget": 3}
     refused = svc.client.post("/select", json={**body, "strategy": "density"})
     assert refused.status_code == 422, refused.text
@@ -236,12 +236,12 @@ def test_a_damaged_statistics_file_is_not_recomputed_where_computing_is_not_want
     with caplog.at_level(logging.INFO, logger="near_service"):
         reader = inprocess(cache_dir=str(cache), density_stats="off")
     assert "read from the cache" in caplog.text
-    assert reader.state.require_selector().pool.density_stats is not None
+    assert reader.state.engine.get("default").pool.density_stats is not None
     path.write_bytes(path.read_bytes()[:100])  # damaged
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="near_service"):
         svc = inprocess(cache_dir=str(cache), density_stats="off")
     assert "damaged" in caplog.text and "statistics computed" not in caplog.text
-    assert svc.state.require_selector().pool.density_stats is None
+    assert svc.state.engine.get("default").pool.density_stats is None
     refused = svc.client.post("/select", json={"queries": ["apples"], "max_k": 5, "budget": 3})
     assert refused.status_code == 422 and "NEAR_DENSITY_STATS" in refused.json()["error"]["message"]

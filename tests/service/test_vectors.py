@@ -173,7 +173,7 @@ def test_a_pool_file_damaged_in_place_while_serving_fails_nothing(tmp_path: Path
     want = cold.client.post("/select", json=body).json()["indices"]
     warm = inprocess(records, cache_dir=str(cache))
     assert warm.embedder.backend.calls == []  # served from the pool file
-    assert not warm.state.require_selector().pool.index.has_duplicates  # so the index holds no copy of its own
+    assert not warm.state.engine.get("default").pool.index.has_duplicates  # so the index holds no copy of its own
     (pool_file,) = cache.glob("pools/*/*.npy")
     with open(pool_file, "r+b") as fh:
         fh.truncate(0)

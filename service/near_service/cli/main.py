@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from near_service.cli.args import settings_from
 from near_service.cli.offline import add_offline_parser
+from near_service.cli.report import add_report_parser
 from near_service.cli.serve import add_serve_parser
 from near_service.cli.vectors import add_vector_parsers
 from near_service.core.errors import NearError
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_offline_parser(sub)
     add_serve_parser(sub)
     add_vector_parsers(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -25,13 +25,11 @@ from near_service.cli.args import add_settings_args
 from near_service.core.embedder import Embedder, EmbedStats
 from near_service.core.errors import BudgetError, MaxKError, NearError
 from near_service.core.index import recall_at_k
-from near_service.core.pool import Pool
 from near_service.core.records import fingerprint, load_texts
 from near_service.core.selection import DENSITY_STRATEGIES
 from near_service.core.settings import Settings
+from near_service.engine.open import open_pool, open_pool_stats
 from near_service.stores.cache import DiskCache, EmbeddingStore
-from near_service.stores.pool_stats import pool_density_stats
-from near_service.stores.vector_files import remember_pool_vectors, stored_pool_vectors
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,7 @@ class OfflineJob:
     query_template: str | None = None
     progress: bool = True
     save_embeddings: bool = False
+    report: bool = False  # also write report.html (near_service.cli.report)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -82,39 +81,25 @@ def _check_numbers(job: OfflineJob, pool_size: int, n_queries: int) -> int:
 
 def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     """Run one offline selection end to end and return its manifest."""
+    with Embedder.from_settings(settings) as embedder:  # closed on the way out: a vLLM engine stops here
+        return _run_offline(settings, job, embedder)
+
+
+def _run_offline(settings: Settings, job: OfflineJob, embedder: Embedder) -> dict[str, Any]:
     t_start = time.perf_counter()
     cand_texts = load_texts(settings.candidates, settings.template, "candidate")
     query_texts = load_texts(job.queries, job.query_template or settings.template, "query")
     max_k = _check_numbers(job, len(cand_texts), len(query_texts))
     t_loaded = time.perf_counter()
 
-    embedder = Embedder.from_settings(settings)
     stores: list[EmbeddingStore] = [DiskCache(settings.cache_dir)] if settings.cache_dir else []
     pool_stats, query_stats = EmbedStats(), EmbedStats()
     pool_fp = fingerprint(cand_texts)
-    stored = stored_pool_vectors(settings, embedder, pool_fp, len(cand_texts))  # embeds nothing
-    if stored is not None:
-        pool = Pool.from_vectors(
-            cand_texts, stored, embedder, settings.index, settings.ivf_nprobe, settings.hnsw_m, pool_fp
-        )
-    else:
-        pool = Pool.build(
-            cand_texts,
-            embedder,
-            stores,
-            index_kind=settings.index,
-            ivf_nprobe=settings.ivf_nprobe,
-            hnsw_m=settings.hnsw_m,
-            progress=job.progress,
-            stats=pool_stats,
-            pool_fingerprint=pool_fp,
-        )
-        remember_pool_vectors(settings, embedder, pool_fp, pool.vectors)
+    pool = open_pool(
+        settings, embedder, cand_texts, pool_fp, stores, stats=pool_stats, progress=job.progress
+    )  # the same path as the service's pools: stored or imported vectors, else embedded and stored
     if job.budget is not None and job.strategy in DENSITY_STRATEGIES:
-        device = "cuda" if pool.index.device.startswith("cuda") else "cpu"
-        pool.density_stats, _ = pool_density_stats(
-            settings.cache_dir, embedder.namespace, pool_fp, pool.vectors, device
-        )
+        pool.density_stats, _ = open_pool_stats(settings, embedder, pool, "load")
     t_pool = time.perf_counter()
     result = pool.select_texts(
         embedder, query_texts, max_k, job.budget, job.strategy, stores=stores, progress=job.progress, stats=query_stats
@@ -177,6 +162,12 @@ def run_offline(settings: Settings, job: OfflineJob) -> dict[str, Any]:
     }
     text = json.dumps(manifest, indent=2).encode()
     _atomic_write(out / "manifest.json", lambda fh: fh.write(text))
+    if job.report:
+        from near_service.cli.report import write_offline_report
+
+        write_offline_report(
+            out, pool_texts=cand_texts, query_texts=query_texts, pool_vectors=pool.vectors, query_vectors=qvecs
+        )
     return manifest
 
 
@@ -215,6 +206,7 @@ def _cmd_offline(ns: argparse.Namespace, settings: Settings) -> int:
         query_template=ns.query_template,
         progress=not ns.quiet,
         save_embeddings=ns.save_embeddings,
+        report=ns.report,
     )
     manifest = run_offline(settings, job)
     t = manifest["timings"]
@@ -227,6 +219,8 @@ def _cmd_offline(ns: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {ns.out_dir}/selected.json: {manifest['budget']} candidates ({manifest['strategy']})")
     if manifest["recall_at_k"] is not None:
         print(f"{manifest['index']} recall@{manifest['max_k']} vs exact (sampled): {manifest['recall_at_k']:.4f}")
+    if ns.report:
+        print(f"wrote {ns.out_dir}/report.html")
     if ns.json:
         print(json.dumps(manifest, indent=2))
     return 0
@@ -258,6 +252,9 @@ def add_offline_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--save-embeddings",
         action="store_true",
         help="also write candidate_embeddings.npy and query_embeddings.npy (float32, L2-normalised)",
+    )
+    off.add_argument(
+        "--report", action="store_true", help="also write report.html (a self-contained page: see near-select report)"
     )
     off.add_argument("--quiet", action="store_true", help="no progress bar")
     off.add_argument("--json", action="store_true", help="print the manifest")

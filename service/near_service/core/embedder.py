@@ -15,6 +15,7 @@ embedding between batches. Cached blobs carry a checksum and are verified on rea
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -33,6 +35,9 @@ from near_service.core.settings import Settings
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "document"]
+#: Runs one model call and returns its result (see ``Embedder.embed``'s ``run``).
+Runner = Callable[[Callable[[], Any]], Any]
+_TOKENIZE_SLICE = 4096
 
 
 def text_key(namespace: str, text: str) -> str:
@@ -137,8 +142,17 @@ class SentenceTransformersBackend:
         return _normalise(out.float().cpu().numpy())
 
 
+#: How long :meth:`VLLMBackend.close` lets the engine core stop its worker and exit before it is killed.
+VLLM_SHUTDOWN_TIMEOUT_S = 60.0
+# The threads a vLLM 0.32 ``LLM`` runs in this process (core_client.py), joined by close().
+_VLLM_CLIENT_THREADS = frozenset({"EngineCoreOutputQueueThread", "MPClientEngineMonitor"})
+
+
 class VLLMBackend:
-    """vLLM pooling runner; we tokenize (same truncation as sentence-transformers) and send token ids."""
+    """vLLM pooling runner; we tokenize (same truncation as sentence-transformers) and send token ids.
+
+    Call :meth:`close` (or :meth:`Embedder.close`) before the process exits.
+    """
 
     def __init__(
         self,
@@ -164,7 +178,7 @@ class VLLMBackend:
             "enforce_eager": device != "cuda",
             "seed": 0,
         }
-        self.llm = LLM(model=str(spec.path), **options)
+        self.llm: Any = LLM(model=str(spec.path), **options)  # None once closed
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = max_length
         self.batch_tokens = batch_tokens * 16  # vLLM schedules its own batches; ours only bound a cache flush
@@ -177,8 +191,44 @@ class VLLMBackend:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         prompts: Any = [{"prompt_token_ids": list(x)} for x in ids]
+        if self.llm is None:
+            raise RuntimeError("this vLLM backend is closed; load the embedder again")
         outs = self.llm.embed(prompts, use_tqdm=False)
         return _normalise(np.asarray([o.outputs.embedding for o in outs], dtype=np.float32))
+
+    def close(self, timeout: float = VLLM_SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop the engine now, while the interpreter is whole; a second call does nothing.
+
+        ``LLM`` runs its engine core in a child process, which owns a worker process and a
+        shared-memory queue, and reads its results on two daemon threads here. Nothing in vLLM
+        stops them before interpreter exit: its atexit finalizer sends SIGTERM and waits 5 s, and on
+        a loaded CPU it SIGKILLs the engine core half way through stopping its worker (the shared
+        memory leaks, and the client threads are still running while Python finalizes; that exit
+        aborted with ``terminate called without an active exception``). Here the engine core gets
+        ``timeout`` seconds to stop its worker and exit on its own, then the client threads are joined.
+        """
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        t0 = time.perf_counter()
+        engine = llm.llm_engine
+        client = engine.engine_core
+        client.shutdown(timeout=timeout)  # SIGTERM; the engine core stops its worker; kill after timeout
+        renderer = getattr(engine, "renderer", None)
+        if renderer is not None:
+            renderer.shutdown()  # its tokenizer thread pools
+        threads = [getattr(client, "output_queue_thread", None)]
+        threads += [t for t in threading.enumerate() if t.name in _VLLM_CLIENT_THREADS]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in threads if t is not None and t.is_alive()]
+        del llm, engine, client, renderer
+        gc.collect()
+        if left:
+            log.warning("vLLM engine closed, but its threads %s did not stop within %.0fs", left, timeout)
+        log.info("closed the vLLM engine in %.1fs", time.perf_counter() - t0)
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int, max_texts: int) -> list[np.ndarray]:
@@ -296,6 +346,22 @@ class Embedder:
         (at the next batch boundary): a service shutting down keeps its work."""
         self._stop.set()
 
+    def close(self) -> None:
+        """Release the model: the vLLM backend stops its engine processes and threads (see
+        :meth:`VLLMBackend.close`). Call it when embedding is over, after :meth:`stop` and after the
+        last :meth:`embed` returned (the owner's model thread has ended), and before the process
+        exits. A second call does nothing; a later :meth:`load` loads the model again."""
+        backend, self._backend = self._backend, None
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
         """The exact strings the model sees: queries get the query prompt, documents nothing."""
         if kind == "query" and self.query_prompt:
@@ -311,11 +377,14 @@ class Embedder:
         stats: EmbedStats | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         count_tokens: bool = False,
+        run: Runner | None = None,
     ) -> np.ndarray:
         """Embed ``texts`` (float32, L2-normalised rows), reading and filling ``stores`` as it goes.
 
         ``count_tokens`` also counts every text's tokens into ``stats.input_tokens`` (what the
-        OpenAI-compatible route reports), tokenizing each text once.
+        OpenAI-compatible route reports), tokenizing each text once. ``run`` runs each model call
+        (tokenizing a slice, encoding one batch) where its owner wants it, e.g. on the service's
+        model thread behind waiting queries; without it, calls run here.
         """
         stats = stats if stats is not None else EmbedStats()
         prepared = self.prepare(texts, kind)
@@ -361,7 +430,7 @@ class Embedder:
             stats.input_tokens += int(sum(by_unique[i] for i in inverse))
             lengths = [by_unique[i] for i in missing]
         if missing:
-            self._embed_missing(unique, keys, missing, vectors, stores, progress, stats, on_progress, lengths)
+            self._embed_missing(unique, keys, missing, vectors, stores, progress, stats, on_progress, lengths, run)
         if not unique:
             return np.zeros((0, self.load().dim), dtype=np.float32)
         mat = np.stack(vectors)  # type: ignore[arg-type]
@@ -378,12 +447,20 @@ class Embedder:
         stats: EmbedStats,
         on_progress: Callable[[int, int], None] | None,
         lengths: list[int] | None = None,
+        run: Runner | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
         backend = self.load()
         texts = [unique[i] for i in missing]
-        lengths = lengths if lengths is not None else backend.token_lengths(texts)
+        if lengths is None and run is None:
+            lengths = backend.token_lengths(texts)
+        elif lengths is None:  # in slices, so that queries get the model thread between them
+            assert run is not None
+            lengths = []
+            for start in range(0, len(texts), _TOKENIZE_SLICE):
+                part = texts[start : start + _TOKENIZE_SLICE]
+                lengths.extend(run(partial(backend.token_lengths, part)))
         bar = tqdm(
             total=len(texts),
             unit="text",
@@ -395,7 +472,10 @@ class Embedder:
         done = 0
         try:
             for batch in plan_batches(lengths, backend.batch_tokens, backend.max_batch_texts):
-                out = backend.encode([texts[j] for j in batch])
+                batch_texts = [texts[j] for j in batch]
+                out: np.ndarray = (
+                    backend.encode(batch_texts) if run is None else run(partial(backend.encode, batch_texts))
+                )
                 for row, j in enumerate(batch):
                     vec = out[row]
                     vectors[missing[j]] = vec

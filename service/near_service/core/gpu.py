@@ -12,12 +12,15 @@ Each decision is a plain function of the facts, so tests feed it fake facts:
 >>> dtype_for(GpuFacts(capability=(9, 0), total_bytes=80 << 30))
 'bfloat16'
 >>> choose_ivf_engine((9, 0), k=100, faiss_gpu=True)[0]
+'faiss-gpu'
+>>> choose_ivf_engine((9, 0), k=5000, faiss_gpu=True)[0]
 'faiss-cpu'
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import subprocess
@@ -28,10 +31,16 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-# The faiss-gpu-cu12 wheel ships kernels for sm_70 and sm_80; a kernel runs on later minors of its
-# major (sm_75, sm_86, sm_89), never on another major (Hopper sm_90, Blackwell sm_100/sm_120).
-FAISS_GPU_MAJORS = (7, 8)
-FAISS_GPU_MAX_K = 2048  # GPU FAISS's k (and nprobe) limit
+# The faiss-gpu extra's wheel (faiss-gpu-cuvs 1.15.1, CUDA 13) has kernels (SASS) for these architectures
+# and PTX for sm_90 only; tests/docker/test_faiss_wheel.py reads them with cuobjdump, so a version bump that
+# drops one fails there. A kernel runs on its own major at the same or a later minor (sm_86 code on an
+# sm_87), never on another major. V100 (sm_70) has none; Blackwell (sm_100, sm_120) would have the driver
+# JIT-compile the sm_90 PTX of a 120 MB library on first use: both search with faiss-cpu.
+FAISS_GPU_ARCHES = ((7, 5), (8, 0), (8, 6), (8, 9), (9, 0))
+# GPU FAISS's k-selection limits. Past them faiss does not raise: the whole process aborts (a C++ assert
+# in the k-selection kernels), so no search may ask for more; nprobe has the classic limit too.
+FAISS_GPU_MAX_K = 2048  # the classic GPU k-selection (GPU_MAX_SELECTION_K), faiss.knn_gpu and GPU indexes
+FAISS_CUVS_MAX_K = 16384  # the cuVS path (use_cuvs=True; getMaxKSelection(use_cuvs))
 IvfEngine = Literal["faiss-gpu", "faiss-cpu"]
 
 
@@ -143,6 +152,7 @@ def dtype_for(facts: GpuFacts | None) -> str:
 
 
 def faiss_has_gpu() -> bool:
+    """faiss is a GPU build and sees a GPU (this creates a CUDA context: call it where the pool goes to the GPU)."""
     try:
         import faiss
     except ImportError:
@@ -150,24 +160,91 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
 
 
-def choose_ivf_engine(capability: tuple[int, int] | None, k: int, faiss_gpu: bool) -> tuple[IvfEngine, str]:
+def faiss_has_cuvs() -> bool:
+    """The installed faiss is a cuVS build (faiss-gpu-cuvs writes a ``faiss._cuvs_build`` marker)."""
+    try:
+        return importlib.util.find_spec("faiss._cuvs_build") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def faiss_gpu_runs_on(capability: tuple[int, int] | None) -> bool:
+    """The faiss-gpu wheel has a kernel for this compute capability.
+
+    >>> [faiss_gpu_runs_on(c) for c in [(7, 0), (7, 5), (8, 7), (9, 0), (10, 0)]]
+    [False, True, True, True, False]
+    """
+    if capability is None:
+        return False
+    return any(capability[0] == major and capability[1] >= minor for major, minor in FAISS_GPU_ARCHES)
+
+
+def faiss_max_k(cuvs: bool) -> int:
+    """The largest k a GPU FAISS search may ask for: 16384 on the cuVS path, else 2048."""
+    return FAISS_CUVS_MAX_K if cuvs else FAISS_GPU_MAX_K
+
+
+def faiss_gpu_k_refusal(k: int, cuvs: bool = False, nprobe: int = 1) -> str | None:
+    """Why a GPU FAISS search (``faiss.knn_gpu``, a GPU index) of ``k`` must not run, or None where it may.
+
+    Call it before every GPU FAISS search: past these limits faiss aborts the process instead of raising.
+
+    >>> faiss_gpu_k_refusal(2048) is None, faiss_gpu_k_refusal(10000, cuvs=True) is None
+    (True, True)
+    >>> faiss_gpu_k_refusal(2049)
+    'K 2049 is above 2048, the most the classic GPU FAISS k-selection returns (faiss would abort the process)'
+    """
+    limit, path = (FAISS_CUVS_MAX_K, "cuVS") if cuvs else (FAISS_GPU_MAX_K, "classic GPU FAISS")
+    if k > limit:
+        return f"K {k} is above {limit}, the most the {path} k-selection returns (faiss would abort the process)"
+    if nprobe > FAISS_GPU_MAX_K:
+        return f"nprobe {nprobe} is above {FAISS_GPU_MAX_K}, GPU FAISS's limit (faiss would abort the process)"
+    return None
+
+
+def choose_ivf_engine(
+    capability: tuple[int, int] | None, k: int, faiss_gpu: bool, cuvs: bool = False, nprobe: int = 1
+) -> tuple[IvfEngine, str]:
     """Where an ``ivf`` search of ``k`` neighbours runs, and why (for the log).
 
-    faiss-gpu only where its wheel has kernels for this GPU and ``k`` is within GPU FAISS's limit.
+    faiss-gpu only where its wheel has kernels for this GPU and ``k`` (and ``nprobe``) is within the limit
+    of the k-selection in use (the cuVS path where faiss is a cuVS build, else the classic one).
 
-    >>> choose_ivf_engine((8, 0), 5000, True)
-    ('faiss-cpu', 'K 5000 is above 2048, the most GPU FAISS returns')
+    >>> choose_ivf_engine((8, 0), 5000, True)[1]
+    'K 5000 is above 2048, the most the classic GPU FAISS k-selection returns (faiss would abort the process)'
+    >>> choose_ivf_engine((8, 0), 5000, True, cuvs=True)[0]
+    'faiss-gpu'
     """
     if not faiss_gpu:
         return "faiss-cpu", "faiss has no GPU support here (install the faiss-gpu extra)"
     if capability is None:
         return "faiss-cpu", "the GPU's compute capability is unknown"
-    if capability[0] not in FAISS_GPU_MAJORS:
-        arch = f"sm_{capability[0]}{capability[1]}"
-        return "faiss-cpu", f"the faiss-gpu wheel has no kernels for {arch} (only sm_70 and sm_80 families)"
-    if k > FAISS_GPU_MAX_K:
-        return "faiss-cpu", f"K {k} is above {FAISS_GPU_MAX_K}, the most GPU FAISS returns"
-    return "faiss-gpu", f"sm_{capability[0]}{capability[1]} and K {k} <= {FAISS_GPU_MAX_K}"
+    arch = f"sm_{capability[0]}{capability[1]}"
+    if not faiss_gpu_runs_on(capability):
+        have = ", ".join(f"sm_{a}{b}" for a, b in FAISS_GPU_ARCHES)
+        return "faiss-cpu", f"the faiss-gpu wheel has no kernels for {arch} (only {have})"
+    refusal = faiss_gpu_k_refusal(k, cuvs, nprobe)
+    if refusal:
+        return "faiss-cpu", refusal
+    return "faiss-gpu", f"{arch} and K {k} <= {faiss_max_k(cuvs)} ({'cuVS' if cuvs else 'classic GPU FAISS'})"
+
+
+def ivf_to_gpu(index: Any, cuvs: bool) -> tuple[Any, Any, bool]:
+    """A GPU clone of a faiss IVF index on device 0, the ``StandardGpuResources`` it needs (keep both:
+    the resources must outlive the index) and whether it is on the cuVS path: tried first where
+    ``cuvs``; where cuVS refuses the index (faiss raises), the classic GPU implementation."""
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    options = faiss.GpuClonerOptions()
+    if cuvs:
+        options.use_cuvs = True
+        try:
+            return res, faiss.index_cpu_to_gpu(res, 0, index, options), True
+        except RuntimeError as exc:
+            log.warning("cuVS refused the ivf index (%s); using the classic GPU FAISS (K <= %d)", exc, FAISS_GPU_MAX_K)
+            options.use_cuvs = False
+    return res, faiss.index_cpu_to_gpu(res, 0, index, options), False
 
 
 # --- vLLM's share of the card ------------------------------------------------------------------

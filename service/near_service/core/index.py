@@ -1,9 +1,11 @@
 """Inner-product top-K search over L2-normalised vectors (cosine similarity).
 
 - ``flat`` (default, exact): blocked numpy matmul + argpartition on CPU; on CUDA a chunked torch matmul + topk,
-  which runs on Hopper (sm_90) and for any K (GPU FAISS caps K at 2048).
+  which runs on any CUDA GPU torch supports and for any K (GPU FAISS caps K at 2048, 16384 with cuVS).
 - ``ivf`` / ``hnsw`` (opt-in, approximate): FAISS IVFFlat / HNSWFlat; ``recall_at_k`` measures them
-  against exact search on a sample of queries.
+  against exact search on a sample of queries. ``ivf`` on CUDA searches on the GPU where the faiss-gpu
+  extra has kernels for it and K is within GPU FAISS's limit (:func:`near_service.core.gpu.choose_ivf_engine`),
+  else with faiss-cpu, and logs why.
 
 Guarantees: no ``-1`` and no out-of-range index ever leaves this module (rows an approximate index
 could not fill are searched exactly), rows are sorted by score and ties go to the lower index.
@@ -81,6 +83,8 @@ class VectorIndex:
         self.vectors = vectors[self.unique_rows] if self.has_duplicates else vectors
         self._faiss: Any = None
         self._faiss_gpu: Any = None  # a GPU clone of the ivf index, where faiss-gpu runs on this GPU
+        self._gpu_capability: tuple[int, int] | None = None
+        self._cuvs = False  # the GPU clone is on faiss's cuVS path (k up to 16384, else 2048)
         self._device_vectors: Any = None  # torch copy of ``vectors`` on a non-CPU device: see to_device
         self.storage: Storage = "float32"  # of the device copy
         self.block_bytes = 1 << 30  # one score block of a device search; the memory plan may lower it
@@ -114,18 +118,17 @@ class VectorIndex:
         return index
 
     def _ivf_to_gpu(self, index: Any) -> Any:
-        from near_service.core.gpu import choose_ivf_engine, faiss_has_gpu, gpu_facts
+        from near_service.core import gpu
 
-        facts = gpu_facts()
+        facts = gpu.gpu_facts()
         self._gpu_capability = facts.capability if facts else None
-        engine, why = choose_ivf_engine(self._gpu_capability, 1, faiss_has_gpu())
+        self._cuvs = gpu.faiss_has_cuvs()
+        engine, why = gpu.choose_ivf_engine(self._gpu_capability, 1, gpu.faiss_has_gpu(), self._cuvs, index.nprobe)
         log.info("ivf index on %s: %s", engine, why)
         if engine != "faiss-gpu":
             return None
-        import faiss
-
-        self._faiss_res = faiss.StandardGpuResources()  # must outlive the GPU index
-        return faiss.index_cpu_to_gpu(self._faiss_res, 0, index)
+        self._faiss_res, gpu_index, self._cuvs = gpu.ivf_to_gpu(index, self._cuvs)  # res outlives the index
+        return gpu_index
 
     def to_device(self, storage: Storage | None = None) -> int:
         """Copy the pool to the search device once (under a lock: concurrent first searches make one
@@ -193,7 +196,8 @@ class VectorIndex:
         if self._faiss_gpu is not None:
             from near_service.core.gpu import choose_ivf_engine
 
-            engine, why = choose_ivf_engine(self._gpu_capability, k, True)
+            # GPU FAISS aborts the process past its k limit: such a search goes to faiss-cpu instead
+            engine, why = choose_ivf_engine(self._gpu_capability, k, True, self._cuvs, self._faiss.nprobe)
             if engine == "faiss-gpu":
                 index = self._faiss_gpu
             else:

@@ -1,7 +1,9 @@
 """Reading candidate and query files, and rendering their records to the texts we embed.
 
 Files: a JSON list, JSONL, parquet, or a ``datasets.save_to_disk`` folder (a Dataset, or a
-DatasetDict with one split). Record shapes:
+DatasetDict with one split). Rendering is :mod:`near_schema.templates` (shared with the client, so
+a trainer renders its dataset exactly as the service does); here its errors become ``RecordError``
+/ ``InputError``. Record shapes:
 
 - ``alpaca``: ``instruction``, optional ``input``, ``output``
 - ``qa``: ``question``/``answer`` or ``prompt``/``response``/``completion`` (GSM8K and friends)
@@ -24,32 +26,18 @@ Templates (``--template``):
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from near_schema import fingerprint
+from near_schema import fingerprint, templates
 from near_service.core.errors import InputError, RecordError
 
 __all__ = ["fingerprint", "load_records", "load_texts", "record_shape", "render_records"]
 
 Record = dict[str, Any]
-NAMED_TEMPLATES = ("default", "dataflex", "prompt")
-ACCEPTED_FIELDS = (
-    "instruction/input/output (alpaca), question/answer or prompt/response (qa), text, "
-    "messages (chat) or conversations (sharegpt)"
-)
-_QA_PAIRS = (("question", "answer"), ("prompt", "response"), ("prompt", "completion"))
-_ROLE_NAMES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "function": "tool",
-}
+ACCEPTED_FIELDS = templates.ACCEPTED_FIELDS
+NAMED_TEMPLATES = templates.NAMED_TEMPLATES
 
 
 def load_records(path: str | Path) -> list[Record]:
@@ -135,128 +123,27 @@ def _check_objects(rows: Sequence[Any], p: Path) -> list[Record]:
 
 
 def record_shape(rec: Record) -> str | None:
-    """The shape of one record (see module docstring), or None when unknown."""
-    if "instruction" in rec:
-        return "alpaca"
-    if "messages" in rec:
-        return "chat"
-    if "conversations" in rec:
-        return "sharegpt"
-    if "text" in rec:
-        return "text"
-    for q, a in _QA_PAIRS:
-        if q in rec and a in rec:
-            return "qa"
-    if "question" in rec or "prompt" in rec:
-        return "qa"
-    return None
-
-
-def _s(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _turns(rec: Record, shape: str, where: str) -> list[tuple[str, str]]:
-    key, role_key, text_key = ("messages", "role", "content") if shape == "chat" else ("conversations", "from", "value")
-    turns = rec[key]
-    if not isinstance(turns, list):
-        raise RecordError(f"{where}: '{key}' must be a list of turns, got {type(turns).__name__}")
-    out = []
-    for j, turn in enumerate(turns):
-        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
-            raise RecordError(f"{where}: {key}[{j}] must be an object with '{role_key}' and '{text_key}'")
-        content = turn[text_key]
-        if isinstance(content, list):  # OpenAI multi-part content
-            content = "".join(_s(part.get("text")) if isinstance(part, dict) else _s(part) for part in content)
-        role = _s(turn[role_key])
-        out.append((_ROLE_NAMES.get(role, role), _s(content)))
-    return out
-
-
-def _alpaca_fields(rec: Record, shape: str) -> tuple[str, str, str]:
-    if shape == "alpaca":
-        return _s(rec.get("instruction")), _s(rec.get("input")), _s(rec.get("output"))
-    q = _s(rec.get("question", rec.get("prompt")))
-    a = _s(rec.get("answer", rec.get("response", rec.get("completion"))))
-    return q, "", a
-
-
-def _render_one(rec: Record, template: str, where: str) -> str:
-    shape = record_shape(rec)
-    if shape is None:
-        raise RecordError(
-            f"{where}: unknown record shape; fields seen: {sorted(rec)[:20]}. Expected one of "
-            "alpaca (instruction/input/output), qa (question/answer), text, chat (messages) "
-            "or ShareGPT (conversations), or pass --template '{field}…'"
-        )
-    if template == "dataflex":
-        if shape not in ("alpaca", "qa"):
-            raise RecordError(
-                f"{where}: template 'dataflex' renders alpaca records, this one is '{shape}' "
-                f"(fields {sorted(rec)[:20]})"
-            )
-        if shape == "alpaca":
-            instruction, inp, output = (
-                _s(rec.get("instruction", "")),
-                _s(rec.get("input", "")),
-                _s(rec.get("output", "")),
-            )
-        else:
-            instruction, inp, output = _alpaca_fields(rec, shape)
-        return "\n".join(
-            [
-                f"Instruction: {instruction}",
-                f"Input: {inp}",
-                f"Output: {output}",
-                f"Prediction:{_s(rec.get('prediction', ''))}",
-            ]
-        )
-    prompt_only = template == "prompt"
-    if shape == "text":
-        return _s(rec["text"])
-    if shape in ("alpaca", "qa"):
-        instruction, inp, output = _alpaca_fields(rec, shape)
-        parts = [instruction, inp] if prompt_only else [instruction, inp, output]
-        return "\n".join(p for p in parts if p)
-    turns = _turns(rec, shape, where)
-    if prompt_only and turns and turns[-1][0] == "assistant":
-        turns = turns[:-1]
-    return "\n".join(f"{role}: {text}" for role, text in turns)
-
-
-def _format_fields(template: str) -> list[str]:
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    except ValueError as exc:
-        raise InputError(f"template {template!r} is not a valid format string ({exc})") from exc
+    """The shape of one record (see :mod:`near_schema.templates`), or None when unknown."""
+    return templates.record_shape(rec)
 
 
 def check_template(template: str) -> None:
     """Raise InputError unless ``template`` is a named template or a ``{field}`` format string."""
-    if template in NAMED_TEMPLATES:
-        return
-    if not _format_fields(template):
-        raise InputError(
-            f"unknown template {template!r}: use one of {', '.join(NAMED_TEMPLATES)} "
-            "or a format string with {field} placeholders"
-        )
+    try:
+        templates.check_template(template)
+    except templates.TemplateError as exc:
+        raise InputError(str(exc)) from None
 
 
 def render_records(records: Iterable[Record], template: str = "default", source: str = "records") -> list[str]:
-    """Render records to texts; errors name the source, the row and the fields seen."""
-    check_template(template)
-    if template in NAMED_TEMPLATES:
-        return [_render_one(rec, template, f"{source}: row {i}") for i, rec in enumerate(records)]
-    fields = _format_fields(template)
-    out = []
-    for i, rec in enumerate(records):
-        missing = [f for f in fields if f not in rec]
-        if missing:
-            raise RecordError(
-                f"{source}: row {i} lacks field(s) {missing} used by the template; fields seen: {sorted(rec)[:20]}"
-            )
-        out.append(template.format_map({k: _s(v) for k, v in rec.items()}))
-    return out
+    """Render records to texts (:func:`near_schema.templates.render_records`); errors name the source,
+    the row and the fields seen."""
+    try:
+        return templates.render_records(records, template, source)
+    except templates.RecordRenderError as exc:
+        raise RecordError(str(exc)) from None
+    except templates.TemplateError as exc:
+        raise InputError(str(exc)) from None
 
 
 def load_texts(paths: str | Path | Sequence[str | Path], template: str = "default", what: str = "input") -> list[str]:
@@ -271,3 +158,40 @@ def load_texts(paths: str | Path | Sequence[str | Path], template: str = "defaul
     if not texts:
         raise InputError(f"the {what} set is empty: {', '.join(str(p) for p in path_list)} hold no records")
     return texts
+
+
+SOURCE_FIELDS = ("source", "dataset", "task")
+
+
+def record_sources(paths: str | Path | Sequence[str | Path]) -> tuple[list[str], str]:
+    """The source of each record of ``paths`` (in :func:`load_texts` order), and a note saying how.
+
+    A row's source is its ``source``, ``dataset`` or ``task`` field (the first of these that any
+    row has), else the file it came from. One file with no such field gives one source.
+
+    >>> import json, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.jsonl").write_text(json.dumps({"text": "x", "task": "gsm8k"}) + "\\n")
+    >>> _ = (d / "b.jsonl").write_text(json.dumps({"text": "y"}) + "\\n")
+    >>> record_sources([d / "a.jsonl", d / "b.jsonl"])
+    (['gsm8k', 'b.jsonl'], "source: each row's 'task' field, else its file (2 sources)")
+    """
+    path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = [(str(p), load_records(p)) for p in path_list]
+    names = [Path(p).name for p, _ in files]
+    if len(set(names)) < len(names):  # two files of the same name: the full paths tell them apart
+        names = [p for p, _ in files]
+    field = next((f for f in SOURCE_FIELDS if any(f in r for _, recs in files for r in recs)), None)
+    out: list[str] = []
+    for name, (_, recs) in zip(names, files, strict=True):
+        for r in recs:
+            value = r.get(field) if field is not None else None
+            out.append(str(value) if isinstance(value, (str, int)) and str(value) else name)
+    count = len(set(out))
+    if field is not None:
+        note = f"source: each row's {field!r} field, else its file ({count} source{'s' * (count != 1)})"
+    elif len(files) == 1:
+        note = f"source: one file ({names[0]}) with no {'/'.join(SOURCE_FIELDS)} field, so one source"
+    else:
+        note = f"source: the file each row came from ({count} files)"
+    return out, note

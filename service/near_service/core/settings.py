@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         description="Candidate pool files (JSON, JSONL, parquet, save_to_disk folder); required by serve. "
         "In the environment: a JSON list, e.g. NEAR_CANDIDATES='[\"pool.jsonl\"]'.",
     )
+    pool_dir: Path | None = Field(
+        None,
+        description="Folder that PUT /pools may read pool files from (paths relative to it; absolute paths, "
+        "'..' and symlinks out of it are refused). Unset: PUT /pools takes texts only.",
+    )
     template: str = Field(
         "default",
         description="How records become text: default, dataflex, prompt, "
@@ -114,11 +119,18 @@ class Settings(BaseSettings):
     )
     density_stats: Literal["auto", "load", "off"] = Field(
         "auto",
-        description="The pool statistics the density and importance strategies need (an exact search of the "
-        "pool against itself, cached beside the pool vectors). auto: computed before ready on CUDA, or on CPU "
-        f"for pools of at most {DENSITY_STATS_CPU_ROWS:,} rows (about 5 min at 100k rows on 2 cores; the cost "
-        "grows with rows squared: hours at 1M); load: always; off: never. Without them those two strategies "
-        "answer 422; round_robin and max_score always work.",
+        description="The pool statistics the density and importance strategies need (a search of the pool "
+        "against itself, cached beside the pool vectors). auto and load: computed for every pool size, in the "
+        "background once the pool is searchable (round_robin and max_score serve at once; density and "
+        "importance answer 503 stats_pending, with progress, until they are there); off: never computed (a "
+        "stored file is still read), those two strategies answer 422. How: density_method.",
+    )
+    density_method: Literal["auto", "exact", "approx"] = Field(
+        "auto",
+        description="How the density statistics are computed. exact: the full n^2 self-search (hours at 1M "
+        "rows on a CPU). approx: k-means cells searched exactly plus a uniform sample for the rest of the pool "
+        "(about 1M rows in under 10 min on 2 cores; rank correlation with exact >= 0.99, docs/scaling.md). "
+        f"auto: exact up to {DENSITY_STATS_CPU_ROWS:,} rows on CPU (2,000,000 on CUDA), approx above.",
     )
     ivf_nprobe: int = Field(32, ge=1, description="IVF lists probed per query (index=ivf).")
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index=hnsw).")
@@ -147,6 +159,24 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="Bearer API key required on every route but /health. Unset: no auth."
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Bearer key that PUT and DELETE on /pools need (401 otherwise). Unset: the API key (if any) "
+        "also allows registering and deleting pools.",
+    )
+    max_pool_memory: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="Bytes all loaded pools may hold together (vectors, index, statistics, texts); a pool whose "
+        "memory plan does not fit, after evicting idle pools to disk, is refused with 507. Default: 60% of "
+        "the memory available when the service starts (host RAM; on CUDA the GPU's free memory after the model).",
+    )
+    max_pool_body_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="Largest PUT /pools body in bytes (413 beyond); NDJSON bodies are read as they stream in.",
+    )
+    max_pools: int = Field(1000, ge=1, description="Most pools registered at once (409 beyond).")
     host: str = Field("127.0.0.1", description="Address the service binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the service binds.")
     max_queries: int = Field(4096, ge=1, description="Most queries in one /select or /v1/embeddings request.")
@@ -211,7 +241,17 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return v
 
-    @field_validator("backend", "dtype", "device", "index", "gpu_storage", "density_stats", "log_level", mode="before")
+    @field_validator(
+        "backend",
+        "dtype",
+        "device",
+        "index",
+        "gpu_storage",
+        "density_stats",
+        "density_method",
+        "log_level",
+        mode="before",
+    )
     @classmethod
     def _choice_any_case(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v  # NEAR_LOG_LEVEL=WARNING, NEAR_DEVICE=CPU

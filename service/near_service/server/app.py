@@ -4,9 +4,10 @@
     near-select serve --candidates pool.jsonl           # the same, with flags
 
 Settings are checked when the app is created (a missing pool file fails before the model loads).
-The lifespan reads the pool, starts embedding it in a worker thread (``/ready`` is 503 with
-progress until the index is built), starts the query micro-batcher and a Redis health check, and
-shuts all of it down at exit.
+The lifespan builds the engine, which loads the model and opens the startup pool (``--candidates``,
+the pool named ``default``) and the pools registered earlier in its threads (``/ready`` is 503 with
+progress until the default pool is ready), starts the query micro-batcher and a Redis health check,
+and shuts all of it down at exit.
 
 >>> app = create_app(load_settings(candidates=["pool.jsonl"]))     # doctest: +SKIP
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -66,7 +66,7 @@ async def _watch_redis(state: ServiceState) -> None:
     they, not requests, pay its timeout, and the first answered ping closes the breaker again."""
     assert state.redis is not None
     while True:
-        await asyncio.to_thread(state.redis.check)
+        await asyncio.to_thread(state.redis.cache.check)
         state.update_redis_gauge()
         await asyncio.sleep(REDIS_CHECK_S)
 
@@ -76,23 +76,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = await asyncio.to_thread(ServiceState.build, app.state.settings, app.state.metrics, app.state.embedder)
     app.state.near = state
     state.batcher.start()
-    # a daemon thread: at shutdown the embedder is told to stop, stores what it computed, and ends
-    loader = threading.Thread(target=state.load, name="near-load-pool", daemon=True)
-    loader.start()
+    state.start()  # the engine's threads: the model, registered pools, the startup pool
     tasks: list[asyncio.Task[None]] = []
     if state.redis is not None:
         tasks.append(asyncio.create_task(_watch_redis(state), name="near-watch-redis"))
-    log.info("serving %d candidates (pool %s); embedding them in the background", len(state.texts), state.fingerprint)
+    log.info("serving; %d pool(s) opening in the background", len(state.engine.pools))
     try:
         yield
     finally:
         await state.batcher.stop()
         for task in tasks:
             task.cancel()
-        if loader.is_alive():  # SIGTERM while embedding the pool: keep the vectors computed so far
-            state.embedder.stop()
-            await asyncio.to_thread(loader.join, SHUTDOWN_FLUSH_S)
-        state.close()
+        # SIGTERM while embedding a pool: the embedder stores what it computed and stops
+        await asyncio.to_thread(state.close)
 
 
 def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
@@ -122,9 +118,18 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     install_error_handlers(app)
     # Starlette runs the last added outermost: metrics see every answer; auth runs before any of the
     # body is read (and never reads it); the body limit and timeout run before the app parses it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.body_limit, timeout_s=settings.body_timeout)
-    if settings.api_key is not None:
-        app.add_middleware(AuthMiddleware, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.body_limit,
+        timeout_s=settings.body_timeout,
+        pool_max_bytes=settings.max_pool_body_bytes,
+    )
+    if settings.api_key is not None or settings.admin_key is not None:
+        app.add_middleware(
+            AuthMiddleware,
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            admin_key=settings.admin_key.get_secret_value() if settings.admin_key else None,
+        )
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

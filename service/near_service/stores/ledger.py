@@ -41,6 +41,7 @@ from near_service.core.errors import (
     LedgerDamagedError,
     MissingRoundsError,
     NotFoundError,
+    RunPoolMismatchError,
     UnavailableError,
 )
 from near_service.core.pool import SelectResult
@@ -53,6 +54,10 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+
+QUERY_SAMPLE = 32  # query texts kept per round for reports
+QUERY_SAMPLE_CHARS = 2000
 
 
 def ledger_scope(*parts: object) -> str:
@@ -131,21 +136,7 @@ class Ledger:
         return base + ":meta", base + ":data"
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        if not self.breaker.allow():
-            raise UnavailableError(
-                f"the run ledger needs Redis, which is unavailable (next try in {self.breaker.retry_in():.1f}s); "
-                "retry later, or leave out run_id to select without the ledger"
-            )
-        try:
-            out = fn()
-        except Exception as exc:  # any Redis or socket error: the ledger cannot be trusted now
-            self.breaker.failure(exc)
-            raise UnavailableError(
-                f"the run ledger needs Redis, which is unavailable ({type(exc).__name__}); "
-                "retry later, or leave out run_id to select without the ledger"
-            ) from exc
-        self.breaker.success()
-        return out
+        return _guarded(self.breaker, fn)
 
     def get(self, run_id: str, round_: int) -> StoredRound | None:
         meta_key, data_key = self._keys(run_id)
@@ -192,13 +183,30 @@ class Ledger:
             out.extend(_parse_meta(run_id, r, raw)["selected"] or [])
         return out
 
-    def put(self, run_id: str, round_: int, params: dict[str, Any], result: SelectResult) -> StoredRound:
-        """Store a new round; if another request stored it first, return that one instead."""
+    def put(
+        self,
+        run_id: str,
+        round_: int,
+        params: dict[str, Any],
+        result: SelectResult,
+        query_texts: list[str] | None = None,
+    ) -> StoredRound:
+        """Store a new round; if another request stored it first, return that one instead.
+
+        ``query_texts``: a sample of the round's queries (the first ``QUERY_SAMPLE``, each cut to
+        ``QUERY_SAMPLE_CHARS``), kept for reports; the answer never depends on them."""
         meta_key, data_key = self._keys(run_id)
         created = time.time()
         selected = None if result.selected is None else [int(i) for i in result.selected]
+        sample = [t[:QUERY_SAMPLE_CHARS] for t in (query_texts or [])[:QUERY_SAMPLE]]
         meta = json.dumps(
-            {"params": params, "created_at": created, "selected": selected, "shape": list(result.indices.shape)}
+            {
+                "params": params,
+                "created_at": created,
+                "selected": selected,
+                "shape": list(result.indices.shape),
+                "query_texts": sample,
+            }
         )
         data = result.indices.astype("<i4").tobytes() + result.scores.astype("<f4").tobytes()
         stored = self._call(lambda: self._put_script(keys=[meta_key, data_key], args=[str(round_), meta, data]))
@@ -225,6 +233,81 @@ class Ledger:
                     "max_k": m["params"].get("max_k"),
                     "strategy": m["params"].get("strategy"),
                     "created_at": m["created_at"],
+                    "budget": m["params"].get("budget"),
+                    "query_count": m["params"].get("query_count"),
                 }
             )
         return out
+
+    def stored_rounds(self, run_id: str) -> list[tuple[StoredRound, list[str]]]:
+        """Every stored round of the run, in order, with its sample of query texts (for reports)."""
+        meta_key, _ = self._keys(run_id)
+        metas = self._call(lambda: self.client.hgetall(meta_key))
+        if not metas:
+            raise NotFoundError(f"no run {run_id!r} in the ledger for this pool and model")
+        out = []
+        for r, raw in _round_numbers(run_id, metas):
+            stored = self.get(run_id, r)
+            if stored is not None:
+                texts = _parse_meta(run_id, r, raw).get("query_texts") or []
+                out.append((stored, [str(t) for t in texts]))
+        return out
+
+
+class RunBindings:
+    """Which pool (name, fingerprint, ledger scope) each run belongs to: set by its first round.
+
+    ``near:runpool:<scope>:<run_id>`` holds ``{"pool", "fingerprint", "ledger_scope"}``; ``scope``
+    hashes the model and query prompt, so services of other models never see each other's runs.
+    A run asked against another pool, or against its pool after the pool's content changed, is a
+    :class:`RunPoolMismatchError` (409) naming both fingerprints."""
+
+    def __init__(self, client: Any, scope: str, breaker: Breaker | None = None) -> None:
+        self.client, self.scope = client, scope
+        self.breaker = breaker if breaker is not None else Breaker()
+
+    def _key(self, run_id: str) -> str:
+        return f"near:runpool:{self.scope}:{run_id}"
+
+    def get(self, run_id: str) -> dict[str, str] | None:
+        raw = _guarded(self.breaker, lambda: self.client.get(self._key(run_id)))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return {k: str(data[k]) for k in ("pool", "fingerprint", "ledger_scope")}
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            raise LedgerDamagedError(
+                f"run {run_id!r}: its pool binding in the ledger is damaged; use a new run_id"
+            ) from None
+
+    def bind(self, run_id: str, pool: str, fingerprint: str, ledger_scope: str) -> None:
+        """Bind ``run_id`` to this pool unless it is bound already; 409 if bound to another."""
+        value = json.dumps({"pool": pool, "fingerprint": fingerprint, "ledger_scope": ledger_scope})
+        _guarded(self.breaker, lambda: self.client.set(self._key(run_id), value, nx=True))
+        bound = self.get(run_id)
+        if bound is not None and (bound["pool"], bound["fingerprint"]) != (pool, fingerprint):
+            raise RunPoolMismatchError(
+                f"run {run_id!r} belongs to pool {bound['pool']!r} (fingerprint {bound['fingerprint']}); this "
+                f"request asks pool {pool!r} (fingerprint {fingerprint}). A run stays on the pool of its first "
+                "round: use a new run_id for another pool or for changed pool content"
+            )
+
+
+def _guarded(breaker: Breaker, fn: Callable[[], Any]) -> Any:
+    """``fn`` behind the breaker; any Redis error is a 503 (UnavailableError)."""
+    if not breaker.allow():
+        raise UnavailableError(
+            f"the run ledger needs Redis, which is unavailable (next try in {breaker.retry_in():.1f}s); "
+            "retry later, or leave out run_id to select without the ledger"
+        )
+    try:
+        out = fn()
+    except Exception as exc:  # any Redis or socket error: the ledger cannot be trusted now
+        breaker.failure(exc)
+        raise UnavailableError(
+            f"the run ledger needs Redis, which is unavailable ({type(exc).__name__}); "
+            "retry later, or leave out run_id to select without the ledger"
+        ) from exc
+    breaker.success()
+    return out

@@ -8,22 +8,12 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from near_service.core.pool import Pool
-from near_service.server.selector import Selector
 from near_service.server.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.near
     return state
-
-
-def get_pool(state: Annotated[ServiceState, Depends(get_state)]) -> Pool:
-    return state.require_selector().pool
-
-
-def get_selector(state: Annotated[ServiceState, Depends(get_state)]) -> Selector:
-    return state.require_selector()
 
 
 T = TypeVar("T")
@@ -61,5 +51,3 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-PoolDep = Annotated[Pool, Depends(get_pool)]
-SelectorDep = Annotated[Selector, Depends(get_selector)]

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request, Response
 
 from near_schema import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, Usage
 from near_service.core.errors import InputError
-from near_service.server.api.deps import ClientGone, PoolDep, StateDep, unless_disconnected
-from near_service.server.selector import check_texts
+from near_service.server.api.deps import ClientGone, StateDep, unless_disconnected
+from near_service.server.select_handler import check_texts
 from near_service.server.state import ServiceState
 
 router = APIRouter(tags=["embeddings"])
@@ -25,18 +25,17 @@ router = APIRouter(tags=["embeddings"])
     response_model=EmbeddingsResponse,
     responses={c: {"model": ErrorBody} for c in (401, 408, 413, 422, 429, 503)},
 )
-async def embeddings(
-    req: EmbeddingsRequest, request: Request, state: StateDep, pool: PoolDep
-) -> EmbeddingsResponse | Response:
+async def embeddings(req: EmbeddingsRequest, request: Request, state: StateDep) -> EmbeddingsResponse | Response:
     """Embed ``input`` (a text or a list) with the service's model, as documents (no prompt)."""
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
     if not texts:
         raise InputError("input must hold at least one text")
     check_texts(state.settings, texts)
-    name = state.embedder.spec.name
+    state.engine.require_model()
+    name = state.engine.embedder.spec.name
     if req.model is not None and req.model not in (name, name.rsplit("/", 1)[-1]):
         raise InputError(f"model {req.model!r} is not served here; this service serves {name!r}")
-    dim = int(pool.vectors.shape[1])
+    dim = int(state.engine.embedder.load().dim)
     if req.dimensions is not None and req.dimensions != dim:
         raise InputError(f"dimensions {req.dimensions} is not supported: the model gives {dim}")
     with state.admitted():
@@ -64,7 +63,7 @@ async def _embed_in_chunks(state: ServiceState, texts: list[str]) -> tuple[np.nd
     parts, tokens = [], 0
     for start in range(0, len(texts), step):
         vectors, n = await loop.run_in_executor(
-            state.model_executor, state.embed_documents, texts[start : start + step]
+            state.engine.worker, state.engine.embed_documents, texts[start : start + step]
         )
         parts.append(vectors)
         tokens += n

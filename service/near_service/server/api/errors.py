@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from near_service.core.errors import NearError, OverloadedError
+from near_service.core.errors import NearError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
 }
@@ -37,7 +38,7 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 def error_response(exc: NearError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if isinstance(exc, OverloadedError):
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=headers)
 
@@ -64,7 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400:  # FastAPI: a body that is not UTF-8 JSON; the same 422 as any bad body
             message = f"invalid request: {exc.detail} (send a UTF-8 JSON body)"
             return JSONResponse(error_body("invalid_input", message), status_code=422)
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,13 @@
 
 from fastapi import APIRouter
 
-from near_service.server.api import embeddings, health, metrics, runs, select
+from near_service.server.api import embeddings, health, metrics, pools, runs, select
 
-routers: list[APIRouter] = [select.router, runs.router, embeddings.router, health.router, metrics.router]
+routers: list[APIRouter] = [
+    select.router,
+    pools.router,
+    runs.router,
+    embeddings.router,
+    health.router,
+    metrics.router,
+]

@@ -1,16 +1,18 @@
-"""The serving object behind ``POST /select``: limits, the run ledger, compute, store, conflicts.
+"""The serving object behind ``POST /select`` for one pool: limits, the run ledger, compute, store.
 
 The route only translates HTTP; everything a ``/select`` means happens here, on the core's
-:class:`~near_service.core.pool.SelectResult`:
+:class:`~near_service.core.pool.SelectResult` (names: *select* is the request, *selection* the
+core's budget strategies, *selector* only DataFlex's plug-in classes):
 
 1. the request is checked against the service's limits (query count and length, ``max_k``);
 2. without ``run_id``: embed the queries (micro-batched), search, fill the budget;
 3. with ``run_id`` + ``round``: a stored round is returned as stored (409 if asked with other
    parameters); a new one is computed (leaving out earlier rounds' picks with
    ``exclude_previous``; 409 ``missing_rounds`` if an earlier round is not stored) and stored
-   once, first writer wins. Ledger calls wait on Redis outside the plain requests' admission.
+   once, first writer wins. A run is bound to the pool of its first round (409 on another pool).
+   Ledger calls wait on Redis outside the plain requests' admission.
 
->>> result = await selector.select(SelectRequest(queries=["2 + 2?"], max_k=10))   # doctest: +SKIP
+>>> result = await handler.select(SelectRequest(queries=["2 + 2?"], max_k=10))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from near_service.core.errors import LimitError, MaxKError, UnavailableError
 from near_service.core.pool import Pool, SelectResult
 from near_service.core.settings import Settings
 from near_service.server.batcher import QueryBatcher
-from near_service.stores.ledger import Ledger
+from near_service.stores.ledger import Ledger, RunBindings
 
 T = TypeVar("T")
 
@@ -58,22 +60,26 @@ def ledger_params(req: SelectRequest) -> dict[str, Any]:
     }
 
 
-class Selector:
+class SelectHandler:
     """Answers ``/select`` requests for one loaded pool."""
 
     def __init__(
         self,
+        name: str,
         pool: Pool,
         settings: Settings,
         batcher: QueryBatcher,
         cpu_executor: Executor,
         ledger: Ledger | None,
+        bindings: RunBindings | None,
+        ledger_scope: str,
         model_name: str,
         ledger_gate: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
-        self.pool, self.settings, self.batcher = pool, settings, batcher
+        self.name, self.pool, self.settings, self.batcher = name, pool, settings, batcher
         self.cpu_executor, self.ledger, self.ledger_gate = cpu_executor, ledger, ledger_gate
-        self.pool_info = PoolInfo(size=pool.size, fingerprint=pool.fingerprint, model=model_name)
+        self.bindings, self.ledger_scope = bindings, ledger_scope
+        self.pool_info = PoolInfo(size=pool.size, fingerprint=pool.fingerprint, model=model_name, name=name)
 
     def check(self, req: SelectRequest) -> None:
         """The service's limits (the pool size itself is checked by the index)."""
@@ -97,6 +103,8 @@ class Selector:
                 "run_id needs the run ledger, which needs Redis: set NEAR_REDIS_URL (or leave out run_id and round)"
             )
         ledger, params = self.ledger, ledger_params(req)
+        if self.bindings is not None:
+            await self._ledger_call(self.bindings.bind, req.run_id, self.name, self.pool.fingerprint, self.ledger_scope)
         stored = await self._ledger_call(ledger.get, req.run_id, req.round)
         if stored is None:
             exclude = (
@@ -105,7 +113,7 @@ class Selector:
                 else None
             )
             result = await self._compute(req, exclude)
-            stored = await self._ledger_call(ledger.put, req.run_id, req.round, params, result)
+            stored = await self._ledger_call(ledger.put, req.run_id, req.round, params, result, list(req.queries))
         stored.check_params(req.run_id, params)
         return stored.result
 
