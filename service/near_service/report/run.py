@@ -37,22 +37,29 @@ def _selection(r: RoundView) -> tuple[np.ndarray, str]:
 
 
 def _overlap(sels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise |A ∩ B| and Jaccard of the rounds' selections (R x R; diagonal: |A| and 1)."""
+    """Pairwise |A ∩ B| and Jaccard of the rounds' selections (R x R; diagonal: |A| and 1).
+
+    Every (row, round) entry sorted by row: the rounds that share a row stand next to each other,
+    so the pairs at distance d = 1, 2, ... within a run of equal rows are the rounds' common rows.
+    Cost: entries x (most rounds one row is in), not rounds^2 x rows."""
     n = len(sels)
     if n == 0:
         return np.zeros((0, 0), np.int64), np.zeros((0, 0))
-    union, inverse = np.unique(np.concatenate(sels), return_inverse=True)
-    member = np.zeros((n, len(union)), dtype=np.bool_)
-    pos = 0
-    for i, s in enumerate(sels):
-        member[i, inverse[pos : pos + len(s)]] = True
-        pos += len(s)
-    inter = np.zeros((n, n), dtype=np.float64)
-    for c0 in range(0, len(union), 1 << 14):  # in column blocks: R x 16k float32 at a time
-        m = member[:, c0 : c0 + (1 << 14)].astype(np.float32)
-        inter += m @ m.T
-    counts = np.rint(inter).astype(np.int64)
-    sizes = np.diag(counts)
+    uniq = [np.unique(s) for s in sels]
+    sizes = np.array([len(u) for u in uniq], dtype=np.int64)
+    elems = np.concatenate(uniq)
+    owner = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    order = np.argsort(elems, kind="stable")
+    e, o = elems[order], owner[order]
+    pairs = np.zeros(n * n, dtype=np.int64)
+    for d in range(1, n):
+        same = e[d:] == e[:-d]
+        if not same.any():
+            break
+        pairs += np.bincount(o[d:][same] * n + o[:-d][same], minlength=n * n)
+    counts = pairs.reshape(n, n)
+    counts = counts + counts.T
+    counts[np.diag_indices(n)] = sizes
     unions = sizes[:, None] + sizes[None, :] - counts
     jac = np.divide(counts, unions, out=np.zeros((n, n)), where=unions > 0)
     return counts, jac
@@ -90,14 +97,35 @@ def _max_sim(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray) -> np.n
     return out
 
 
+def _sample_max_sims(vectors: np.ndarray, sample: np.ndarray, queries: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """For each round's queries, every sampled row's best cosine to them: one pass over the sample
+    against all rounds' queries at once (a few large matmuls, not one small one per round)."""
+    q = np.concatenate([np.asarray(x, dtype=np.float32) for x in queries])
+    starts = np.cumsum([0, *(len(x) for x in queries[:-1])])
+    sv = np.asarray(vectors[sample], dtype=np.float32)
+    out = np.empty((len(queries), len(sample)), dtype=np.float32)
+    step = max(1, (32 << 20) // max(4 * len(q), 1))
+    for r0 in range(0, len(sample), step):
+        out[:, r0 : r0 + step] = np.maximum.reduceat(sv[r0 : r0 + step] @ q.T, starts, axis=1).T
+    return list(out)
+
+
 def _similarity(rounds: Sequence[RoundView], sels: Sequence[np.ndarray], pool: PoolView | None) -> dict[str, Any]:
     raw: list[tuple[np.ndarray, np.ndarray, str]] = []
     vectors = pool.vectors if pool is not None else None
     sample = common.spaced(len(vectors), SIM_SAMPLE) if vectors is not None else None
-    for r, sel in zip(rounds, sels, strict=True):
-        qv = r.query_vectors
-        if vectors is not None and sample is not None and qv is not None and len(qv) and len(sel):
-            raw.append((_max_sim(vectors, sel, qv), _max_sim(vectors, sample, qv), "vectors"))
+    with_vectors = [
+        vectors is not None and r.query_vectors is not None and len(r.query_vectors) > 0 and len(sel) > 0
+        for r, sel in zip(rounds, sels, strict=True)
+    ]
+    pool_sims: dict[int, np.ndarray] = {}
+    if vectors is not None and sample is not None and any(with_vectors):
+        at = [i for i, ok in enumerate(with_vectors) if ok]
+        qs = [np.asarray(rounds[i].query_vectors) for i in at]
+        pool_sims = dict(zip(at, _sample_max_sims(vectors, sample, qs), strict=True))
+    for i, (r, sel) in enumerate(zip(rounds, sels, strict=True)):
+        if i in pool_sims and vectors is not None and r.query_vectors is not None:
+            raw.append((_max_sim(vectors, sel, r.query_vectors), pool_sims[i], "vectors"))
         else:
             reach = np.unique(np.asarray(r.indices, dtype=np.int64))
             raw.append((_best_scores(r, sel), _best_scores(r, reach), "lists"))
