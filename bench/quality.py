@@ -18,6 +18,9 @@ restriction. ``random`` is the mean of 3 seeds. Latency: the t0dev pool served i
 app, TestClient, the same model), the 8 targets' queries, each strategy 5 times: median wall time of
 /select end to end, and of search + selection alone. Results go to the ``bench:quality`` section of
 docs/benchmarks.md.
+
+``--density-method approx`` computes the pool statistics by the large-pool approximate method (for
+comparing with ``exact``; prints only); ``--t0-only`` runs the t0dev part alone (no mix, no latency).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from report import cpu_name, write_section
 
+from near_service.core.density import PoolStats, compute_pool_stats
 from near_service.core.embedder import Embedder
 from near_service.core.errors import InputError
 from near_service.core.pool import Pool
@@ -52,10 +56,19 @@ def texts_of(path: Path, template: str) -> list[str]:
         return load_texts([path], "default", "candidate")
 
 
+DENSITY_METHOD = "auto"  # --density-method: how the pool statistics are computed (approx forces the large-pool path)
+
+
+def pool_stats(pool: Pool) -> PoolStats:
+    if pool.density_stats is None:
+        pool.density_stats = compute_pool_stats(pool.vectors, method=DENSITY_METHOD)
+    return pool.density_stats
+
+
 def choose(name: str, pool: Pool, qv: np.ndarray, idx: np.ndarray, sc: np.ndarray, budget: int) -> list[np.ndarray]:
     if name == "random":
         return [np.random.default_rng(s).choice(pool.size, budget, replace=False) for s in range(3)]
-    stats = pool.ensure_density_stats()
+    stats = pool_stats(pool)
     if name == "density (whole pool)":
         return [density(idx, qv, pool.vectors, stats, budget, candidates=np.arange(pool.size))]
     return [fill_budget(idx, sc, budget, name, queries=qv, pool_vectors=pool.vectors, stats=stats)]
@@ -79,7 +92,9 @@ def t0dev(data: Path, template: str, embedder: Embedder, stores: list[Any], max_
     return out
 
 
-def mix(data: Path, template: str, embedder: Embedder, stores: list[Any], n_queries: int, max_k: int) -> dict:
+def mix(
+    data: Path, template: str, embedder: Embedder, stores: list[Any], n_queries: int, max_k: int
+) -> dict[str, dict[str, float]]:
     demo = data / "dataflex_demo"
     files = [data / "gsm8k" / "train.jsonl"] + [
         demo / f for f in ("alpaca_en_demo.json", "alpaca_zh_demo.json", "c4_demo.jsonl", "wiki_demo.jsonl")
@@ -162,7 +177,18 @@ def main() -> None:
     parser.add_argument("--mix-max-k", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5, help="latency: passes over the 8 targets")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--density-method",
+        choices=["auto", "exact", "approx"],
+        default="auto",
+        help="how the pool statistics are computed; approx forces the large-pool method (implies --no-write)",
+    )
+    parser.add_argument("--t0-only", action="store_true", help="t0dev only: no GSM8K mix, no latency (--no-write)")
     args = parser.parse_args()
+    global DENSITY_METHOD
+    DENSITY_METHOD = args.density_method
+    if args.t0_only or args.density_method == "approx":
+        args.no_write = True
 
     settings = load_settings(cache_dir=args.cache, dtype="auto")
     embedder = Embedder.from_settings(settings)
@@ -171,10 +197,15 @@ def main() -> None:
     t_start = time.perf_counter()
     for template in args.templates:
         res = t0dev(args.data, template, embedder, stores, args.t0_max_k)
-        for s, cols in mix(args.data, template, embedder, stores, args.queries, args.mix_max_k).items():
-            res[s].update(cols)
+        if not args.t0_only:
+            for s, cols in mix(args.data, template, embedder, stores, args.queries, args.mix_max_k).items():
+                res[s].update(cols)
         results[template] = res
         print("\n".join(table({template: res})), flush=True)
+        for s in ("density", "importance"):
+            print(f"{template} {s} t0 mean ({DENSITY_METHOD}): {np.mean([res[s][t] for t in TARGETS]):.4f}")
+    if args.t0_only:
+        return
     lat = latency(args.data, args.cache, args.templates[0], args.repeats)
     rr_wall, rr_compute = lat["round_robin"]
     lat_lines = [

@@ -296,16 +296,16 @@ class _NearService:
 
     def _log_round(self, rank: int, record: dict[str, Any]) -> None:
         sel = record["selected"]
+        folder = Path(self.cache_dir) / (self.run_id or "no-ledger").replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rounds.rank{rank}.jsonl", "a", encoding="utf-8") as f:  # before the line that says so
+            f.write(json.dumps({"run_id": self.run_id, **record}) + "\n")
         print(
             f"[near_service] rank {rank} round {record['round']} step {record['step']}: {len(sel)} indices "
             f"({len(set(sel))} distinct, digest {_digest(sel)}) run_id={self.run_id}"
             + (f" source={record['source']} max_k={record['max_k']}" if "source" in record else ""),
             flush=True,
         )
-        folder = Path(self.cache_dir) / (self.run_id or "no-ledger").replace("/", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"rounds.rank{rank}.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"run_id": self.run_id, **record}) + "\n")
 
     def select(self, model: Any, step_id: int, num_samples: int, **kwargs: Any) -> list[int]:
         import torch.distributed as dist

@@ -189,9 +189,12 @@ def launch(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        proc.stdout.close()
     seconds = time.monotonic() - start
     report(f"[dataflex] {name}: {seconds:.1f} s (exit {rc})")
-    return Run(rc, "".join(lines), seconds)
+    log = "".join(lines)
+    (cwd / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.log").write_text(log, encoding="utf-8")  # for a failing test
+    return Run(rc, log, seconds)
 
 
 ROUND_LINE = re.compile(r"\[near_service\] rank (\d+) round (\d+) step (\d+): (\d+) indices \((\d+) distinct")
@@ -206,3 +209,9 @@ def rounds_file(cache_dir: Path, rank: int = 0) -> list[dict[str, Any]]:
     files = sorted(cache_dir.glob(f"*/rounds.rank{rank}.jsonl"))
     assert len(files) == 1, f"expected one run under {cache_dir}: {files}"
     return [json.loads(x) for x in files[0].read_text(encoding="utf-8").splitlines()]
+
+
+def dataflex_updates(log: str) -> list[tuple[int, int]]:
+    """(step, samples) of DataFlex's own "Updated dataloader" lines (it prints and logs each once)."""
+    found = re.findall(r"\[Dataflex\] Updated dataloader at step (\d+), (\d+) samples", log)
+    return sorted({(int(s), int(n)) for s, n in found})

@@ -54,7 +54,7 @@ def exact(pool: np.ndarray) -> PoolStats:
 
 @pytest.fixture(scope="module")
 def approx(pool: np.ndarray) -> PoolStats:
-    # the 1M-row sizes scaled down: cells of ~94 rows, each row searched against ~8 cells, a 750-row sample
+    # the sizes scaled down to 6k rows: cells of ~94 rows, each row searched against ~8 cells, a 3,000-row sample
     return compute_pool_stats(pool, method="approx", threads=2)
 
 

@@ -253,7 +253,7 @@ class Engine:
             old = self.pools.get(name)
             if old is not None and old.fingerprint == fp and old.state != "failed":
                 return old, False
-            if old is not None and not replace:
+            if old is not None and not replace and not (old.state == "failed" and old.fingerprint == fp):
                 raise PoolConflictError(
                     f"pool {name!r} holds other content (fingerprint {old.fingerprint}, {old.rows} rows; this is "
                     f"{fp}, {len(texts)} rows): PUT /pools/{name}?replace=true replaces it"
@@ -289,12 +289,13 @@ class Engine:
         """Evict idle pools (least recently used first) until ``entry`` fits; 507 if it cannot."""
         budget = self.max_memory or self._default_memory()
         need = entry.planned_bytes
+        used = self.memory_used(exclude)
         if need > budget:
             raise InsufficientMemoryError(
                 f"pool {entry.name!r} needs {need / 2**20:.1f} MiB (its memory plan: vectors, statistics, texts); "
-                f"pools may hold {budget / 2**20:.1f} MiB in all (NEAR_MAX_POOL_MEMORY)"
+                f"{max(budget - used, 0) / 2**20:.1f} MiB is free and pools may hold {budget / 2**20:.1f} MiB in all "
+                "(NEAR_MAX_POOL_MEMORY)"
             )
-        used = self.memory_used(exclude)
         if used + need <= budget:
             return
         idle = sorted(
