@@ -133,10 +133,24 @@ def brute_force(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarr
     return out_s, out_i
 
 
-def agreement(got: np.ndarray, exact: np.ndarray, k: int) -> tuple[float, float]:
-    """Mean recall@k and the fraction of rows in exactly the same order."""
+def agreement(
+    base: np.ndarray, queries: np.ndarray, got: np.ndarray, exact: np.ndarray, tol: float = 1e-5
+) -> tuple[float, float, bool]:
+    """Mean recall@k of ``got`` against ``exact``, the fraction of rows in exactly the same order, and
+    whether every difference is a near-tie: two float32 GEMMs (or a bf16 query embedded in another
+    batch) may order scores within ``tol`` differently, never more (scores recomputed in float64)."""
+    k = exact.shape[1]
     recall = float(np.mean([len(np.intersect1d(g, e)) / k for g, e in zip(got, exact, strict=True)]))
-    return recall, float(np.mean([np.array_equal(g, e) for g, e in zip(got, exact, strict=True)]))
+    same = float(np.mean([np.array_equal(g, e) for g, e in zip(got, exact, strict=True)]))
+    ok = True
+    for q, g, e in zip(queries.astype(np.float64), got, exact, strict=True):
+        order = np.argsort(g)
+        sg = np.empty(len(g))
+        sg[order] = np.asarray(base[g[order]], np.float64) @ q  # sorted rows: one pass over a memmap
+        missing = np.setdiff1d(e, g)
+        worst_missing = float((np.asarray(base[missing], np.float64) @ q).max()) if len(missing) else -np.inf
+        ok &= bool(np.all(np.diff(sg) <= tol) and worst_missing <= sg.min() + tol)
+    return recall, same, ok
 
 
 def embed(url: str, texts: list[str]) -> np.ndarray:
@@ -179,12 +193,10 @@ def search_checks(url: str, base: np.ndarray, queries: list[str], k: int, prompt
     picks = np.linspace(0, len(queries) - 1, min(sample, len(queries))).astype(int)
     qvecs = embed(url, [prompt + queries[i] for i in picks])
     exact_s, exact_i = brute_force(base, qvecs, k)
-    recall, order = agreement(got[picks], exact_i, k)
+    recall, same, ok = agreement(base, qvecs, got[picks], exact_i)
     score_err = float(np.abs(np.asarray(a["scores"], np.float32)[picks] - exact_s).max())
-    rows.append((f"service: recall@{k} vs CPU brute force ({len(picks)} queries)", recall == 1.0, f"{recall:.4f}"))
-    rows.append(
-        ("service: same order as the brute force", order == 1.0, f"{order:.3f} of rows; max score diff {score_err:.1e}")
-    )
+    name = f"service: top-{k} and order vs CPU brute force ({len(picks)} queries; differences only near-ties)"
+    rows.append((name, ok, f"recall {recall:.4f}, {same:.3f} of rows identical, max score diff {score_err:.1e}"))
     return rows
 
 
@@ -205,6 +217,10 @@ def model_checks(url: str, model_path: str, qwen: bool) -> list[Row]:
     return rows
 
 
+def service_k(args: argparse.Namespace) -> int:
+    return min(args.k, args.pool_texts // 2)  # the CPU smoke's pool is smaller than its K
+
+
 def service_part(args: argparse.Namespace, spec: Any, dim: int, work: Path) -> tuple[list[Row], dict[str, Any]]:
     qwen = "qwen3-embedding" in args.model.lower()
     prompt = f"Instruct: {QWEN_TASK}\nQuery:" if qwen else ""
@@ -216,7 +232,7 @@ def service_part(args: argparse.Namespace, spec: Any, dim: int, work: Path) -> t
         "NEAR_CANDIDATES": json.dumps([str(cands)]),
         "NEAR_MODEL": args.model,
         "NEAR_DEVICE": args.device,
-        "NEAR_MAX_K_LIMIT": str(args.k),
+        "NEAR_MAX_K_LIMIT": str(service_k(args)),
         "NEAR_MAX_QUERIES": str(args.queries),
         "NEAR_GPU_STORAGE": args.storage,
         "NEAR_CACHE_DIR": str(work / "cache"),
@@ -258,7 +274,7 @@ def service_part(args: argparse.Namespace, spec: Any, dim: int, work: Path) -> t
         else:
             rng = np.random.default_rng(1)
             queries = [f"question {i}: how many {rng.integers(1000)} apples are left" for i in range(args.queries)]
-            rows += search_checks(url, base, queries, args.k, prompt, args.sample)
+            rows += search_checks(url, base, queries, service_k(args), prompt, args.sample)
         rows += model_checks(url, str(spec.path), qwen)
     finally:
         stop(proc)
@@ -301,11 +317,9 @@ def torch_part(args: argparse.Namespace, base: np.ndarray, queries: np.ndarray, 
         took = time.perf_counter() - t0
         if k == args.search_k:
             np.save(work / f"torch_k{k}.npy", got)  # the FAISS child's reference
-        recall, order = agreement(got[picks], brute_force(base, queries[picks], k)[1], k)
-        name = f"torch: exact search, {len(queries)} queries at K {k}, recall vs CPU brute force ({len(picks)} queries)"
-        rows.append(
-            (name, recall == 1.0 and order == 1.0, f"{took:.2f} s; recall {recall:.4f}, same order {order:.3f}")
-        )
+        recall, same, ok = agreement(base, queries[picks], got[picks], brute_force(base, queries[picks], k)[1])
+        name = f"torch: exact search, {len(queries)} queries at K {k}, vs CPU brute force ({len(picks)} queries)"
+        rows.append((name, ok, f"{took:.2f} s; recall {recall:.4f}, {same:.3f} of rows identical"))
     peak = torch.cuda.max_memory_allocated() if cuda else None
     rows.append(("memory: torch search", True, f"pool {gib(pool_bytes or None)}, peak allocated {gib(peak)}"))
     del index
@@ -355,10 +369,9 @@ def faiss_child(work: Path, device: str, ks: list[int]) -> int:
             ref_path = work / f"torch_k{k}.npy"
             detail = f"{took:.2f} s" + (f", GPU memory +{gib(used - before)}" if used and before else "")
             if ref_path.exists():
-                recall = agreement(got, np.load(ref_path), k)[0]
-                rows.append(
-                    (f"faiss: {label} knn at K {k}, recall vs torch exact", recall >= 0.999, f"{detail}; {recall:.4f}")
-                )
+                recall, _, ok = agreement(base, queries, got, np.load(ref_path))
+                name = f"faiss: {label} knn at K {k} vs torch exact (differences only near-ties)"
+                rows.append((name, ok, f"{detail}; recall {recall:.4f}"))
             else:
                 rows.append((f"faiss: {label} knn at K {k}", bool(got.min() >= 0), detail))
     (work / "faiss.json").write_text(json.dumps(rows))

@@ -190,12 +190,25 @@ def embed_pool(
     progress: bool = False,
 ) -> EmbedReport:
     """Embed the pool of ``settings`` into the pool store (see the module docstring)."""
+    with Embedder.from_settings(settings) as embedder:  # closed on the way out: a vLLM engine stops here
+        return _embed_pool(settings, embedder, ray_address, actors, cpus_per_actor, block_rows, max_blocks, progress)
+
+
+def _embed_pool(
+    settings: Settings,
+    embedder: Embedder,
+    ray_address: str | None,
+    actors: int | None,
+    cpus_per_actor: float,
+    block_rows: int,
+    max_blocks: int | None,
+    progress: bool,
+) -> EmbedReport:
     if not settings.cache_dir:
         raise ConfigError("embed writes the pool store under the cache folder: set --cache-dir")
     t0 = time.perf_counter()
     texts = load_texts(settings.candidates, settings.template, "candidate")
-    pool_fp = fingerprint(texts)
-    embedder = Embedder.from_settings(settings)  # the model is loaded only if something is embedded
+    pool_fp = fingerprint(texts)  # the model is loaded only if something is embedded
     store = PoolVectorStore(settings.cache_dir)
     path, _ = store.paths(embedder.namespace, pool_fp)
     blocks = plan_blocks(texts, embedder.namespace, block_rows)

@@ -131,6 +131,13 @@ class Engine:
         self.worker.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=8.0)
+        # the model last, once no call can run on it: vLLM's engine processes and threads stop now,
+        # while the interpreter is whole (left to interpreter exit they aborted the process)
+        self.worker.join(timeout=30.0)
+        if not self.worker.running:
+            self.embedder.close()
+        else:  # pragma: no cover - a model call still running after 30 s
+            log.warning("the model thread is still busy at shutdown; the model is not closed")
 
     def _load_model(self) -> bool:
         if self.model_state == "ready":

@@ -78,6 +78,15 @@ class ModelWorker(Executor):
             else:
                 future.set_result(result)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after :meth:`shutdown`)."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             if self._closed:
