@@ -27,8 +27,9 @@ What the selector does at each update (``select(model, step_id, num_samples, ...
 
 The default ``run_id`` (the launcher computes it): ``<basename of output_dir>-<12 hex digits>``, the
 digits a SHA-256 of the absolute ``output_dir``, the train config (YAML + overrides, less
-``RESUME_KEYS``) and the component's params; so resuming with ``resume_from_checkpoint=...`` keeps
-it, and any other change of config starts a new run.
+``RESUME_KEYS``), the component's params and DataFlex's torchrun settings (``FORCE_TORCHRUN``,
+``NNODES``, ``NPROC_PER_NODE``); so resuming with ``resume_from_checkpoint=...`` keeps it, and any
+other change of config or of the number of processes starts a new run.
 """
 
 from __future__ import annotations
@@ -369,8 +370,10 @@ def run_settings(argv: Sequence[str]) -> dict[str, Any]:
         root = yaml.safe_load(Path(comp_file).read_text(encoding="utf-8")) or {}
         component = (root.get("selectors") or {}).get(cfg.get("component_name"))
     kept = {k: v for k, v in cfg.items() if k not in RESUME_KEYS}
+    # how many processes train (DataFlex's torchrun settings): the budget per update depends on it
+    processes = {k: os.environ.get(k) for k in ("FORCE_TORCHRUN", "NNODES", "NPROC_PER_NODE")}
     return {
-        "run_id": f"{Path(out_dir).name or 'run'}-{_digest([out_dir, kept, component])}",
+        "run_id": f"{Path(out_dir).name or 'run'}-{_digest([out_dir, kept, component, processes])}",
         "warmup_step": int(cfg.get("warmup_step", 0)),
         "update_step": int(cfg.get("update_step", 0)),
         "update_times": int(cfg.get("update_times", 1)),

@@ -54,11 +54,12 @@ def near(module_service_factory: ServiceFactory, module_redis_server: RedisServe
 def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Print a line on the terminal even while pytest captures output (the runs' times)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def write(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:  # pragma: no cover
-            print(line)
+        print(line)  # in the test's captured output too
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
 
     return write

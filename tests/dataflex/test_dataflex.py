@@ -191,3 +191,17 @@ def test_resume_from_checkpoint_trains_on_the_same_rounds(
     check_ledger(near.url, [records[0], records[1], records[3]])
     with NearClient(near.url) as client:  # every run registered the same train set: one pool
         assert len([p for p in client.pools() if p.name.startswith("dataflex-")]) == 1
+
+
+def test_a_pool_that_is_not_the_train_set_stops_the_run(
+    fx: Fixture, near: ServiceProcess, tmp_path: Path, report: Callable[[str], None]
+) -> None:
+    # the service's default pool holds the raw file's rows rendered, not DataFlex's tokenized rows
+    comps = near_service_components(tmp_path / "components.yaml", near.url, tmp_path / "sel", pool="default")
+    cfg = write_yaml(tmp_path / "train.yaml", train_config(fx, tmp_path / "out", comps, "near_service"))
+    run = launch(launcher(cfg), tmp_path, report, "e) pool mismatch")
+    assert run.rc != 0
+    assert "the service's pool 'default' is not this run's train dataset" in run.log
+    with NearClient(near.url) as client:
+        default = client.pool("default")
+    assert f"it holds {default.rows} rows with fingerprint {default.fingerprint}" in run.log

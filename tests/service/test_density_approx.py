@@ -72,9 +72,7 @@ def test_approx_tracks_exact_on_a_clustered_pool(exact: PoolStats, approx: PoolS
 
 
 @pytest.mark.parametrize("budget", [50, 300])
-def test_approx_selects_what_exact_selects(
-    pool: np.ndarray, exact: PoolStats, approx: PoolStats, budget: int
-) -> None:
+def test_approx_selects_what_exact_selects(pool: np.ndarray, exact: PoolStats, approx: PoolStats, budget: int) -> None:
     rng = np.random.default_rng(1)
     queries = pool[rng.choice(len(pool), 40, replace=False)] + 0.05 * rng.standard_normal((40, pool.shape[1]))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
@@ -183,7 +181,9 @@ def test_an_unknown_method_in_the_file_is_damage(
 def test_pool_density_stats_passes_method_and_callbacks(tmp_path: Path) -> None:
     x = clustered(2000)
     seen: list[int] = []
-    stats, computed = pool_density_stats(tmp_path, "ns", "fp", x, method="approx", on_progress=lambda d, t: seen.append(d))
+    stats, computed = pool_density_stats(
+        tmp_path, "ns", "fp", x, method="approx", on_progress=lambda d, t: seen.append(d)
+    )
     assert computed and stats is not None and stats.method == "approx" and seen[-1] == 2000
     again, computed = pool_density_stats(tmp_path, "ns", "fp", x)  # auto takes the stored approx file
     assert not computed and again is not None and again.method == "approx"

@@ -160,15 +160,22 @@ def test_invalid_utf8_body_is_422(svc: InProcessService) -> None:
     assert_error(r, 422, "invalid_input", svc.client)
 
 
-def test_a_10_mb_single_text_is_accepted(svc: InProcessService) -> None:
-    """The text is the model's to truncate (max_length tokens), as for any long candidate; the pool
-    serves, and its memory plan counts the text's bytes."""
-    big = "apples and trains " + "x" * (10 * 2**20)  # one long word: the fake model hashes words
-    r = svc.client.put("/pools/big", json={"texts": [big, *pool_texts(4, "short")]})
+def test_a_10_mb_single_text_is_refused_clearly(svc: InProcessService) -> None:
+    """The model reads only its first max_length tokens, but the tokenizer would tokenize all 10 MB
+    first, for minutes, on the model thread that queries wait for: such a text is refused (413)."""
+    from near_service.engine.engine import MAX_TEXT_CHARS
+
+    big = "apples and trains " + "x" * (10 * 2**20)
+    r = svc.client.put("/pools/big", json={"texts": [*pool_texts(4, "short"), big]})
+    message = assert_error(r, 413, "too_large", svc.client)
+    assert "text 4" in message and f"{MAX_TEXT_CHARS:,}" in message, message
+    assert svc.client.get("/pools/big").status_code == 404
+    r = svc.client.put("/pools/big", content=(json.dumps(big) + "\n").encode(), headers=NDJSON)
+    assert_error(r, 413, "too_large", svc.client)
+    edge = "apples " * (MAX_TEXT_CHARS // 7)  # at the limit: accepted
+    r = svc.client.put("/pools/edge", json={"texts": [edge, *pool_texts(4, "short")]})
     assert r.status_code == 202, r.text
-    status = wait_state(svc.client, "big")
-    assert status["rows"] == 5 and status["planned_bytes"] > 10 * 10**6
-    assert selected(svc.client, "big")["pool"]["size"] == 5
+    assert wait_state(svc.client, "edge")["rows"] == 5
     assert_serving(svc.client)
 
 

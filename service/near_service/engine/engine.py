@@ -61,6 +61,11 @@ __all__ = ["Engine", "EngineHooks"]
 log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.6  # NEAR_MAX_POOL_MEMORY's default: this share of the memory available at start
+#: Longest text a registered pool may hold. The model reads at most max_length tokens (<= 8192, i.e.
+#: well under 200k characters), but the tokenizer tokenizes the whole text before it truncates, and
+#: superlinearly (MiniLM's fast tokenizer on one CPU: 100k chars 1.1 s, 1M chars 18 s, 10 MB several
+#: minutes), all on the model thread that /select's queries wait for.
+MAX_TEXT_CHARS = 200_000
 
 
 @dataclass
@@ -104,19 +109,27 @@ class Engine:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the background threads: load the model, bring back registered pools, open the
-        startup pool. Returns at once; ``model_state`` and each pool's state say how far it got."""
+        """Read the startup pool's texts (RecordError on a bad file), then start the background
+        threads: load the model, open the startup pool, bring back registered pools. Returns then;
+        ``model_state`` and each pool's state say how far they got."""
+        if self.settings.candidates:  # the startup pool is known before the model loads: /ready shows it
+            self._startup_entry()
         for target, name in ((self._load_loop, "near-load-pools"), (self._stats_loop, "near-pool-stats")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        if self.settings.candidates:  # the startup pool is known before the model loads: /ready shows it
-            self._startup_entry()
 
     def _startup_entry(self) -> None:
+        """The startup pool's texts are read now: a bad file fails the start, before any model loads."""
         s = self.settings
-        entry = PoolEntry(DEFAULT_POOL, "", 0, "startup", template=s.template, density_stats=s.density_stats)
-        entry.files = [str(p) for p in s.candidates]
+        texts = load_texts(s.candidates, s.template, "candidate")
+        entry = PoolEntry(
+            DEFAULT_POOL, fingerprint(texts), len(texts), "startup", template=s.template, density_stats=s.density_stats
+        )
+        entry.files, entry.texts = [str(p) for p in s.candidates], texts
+        self._plan(entry)
+        entry.ledger, entry.ledger_scope = self._ledger(entry.fingerprint)
+        self.hooks.on_default(False, entry.rows)
         with self.lock:
             self.pools[DEFAULT_POOL] = entry
         self._loads.put(entry)
@@ -255,6 +268,12 @@ class Engine:
             raise UnavailableError("the service is shutting down")
         if not texts:
             raise InputError("a pool needs at least one text")
+        long = next((i for i, t in enumerate(texts) if len(t) > MAX_TEXT_CHARS), None)
+        if long is not None:
+            raise LimitError(
+                f"text {long} of pool {name!r} has {len(texts[long]):,} characters; a pool text may have at most "
+                f"{MAX_TEXT_CHARS:,} (the model reads only its first {self.embedder.max_length} tokens): cut it"
+            )
         fp = fingerprint(texts)
         with self.lock:
             old = self.pools.get(name)
@@ -386,12 +405,6 @@ class Engine:
         s, t0 = self.settings, time.perf_counter()
         stats = EmbedStats()
         try:
-            if entry.source == "startup":
-                loaded = load_texts(s.candidates, s.template, "candidate")
-                entry.texts, entry.rows, entry.fingerprint = loaded, len(loaded), fingerprint(loaded)
-                self._plan(entry)
-                entry.ledger, entry.ledger_scope = self._ledger(entry.fingerprint)
-                self.hooks.on_default(False, entry.rows)
             texts = entry.texts
             if texts is None:
                 raise PoolCancelled(f"pool {entry.name!r} was deleted")

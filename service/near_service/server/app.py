@@ -76,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = await asyncio.to_thread(ServiceState.build, app.state.settings, app.state.metrics, app.state.embedder)
     app.state.near = state
     state.batcher.start()
-    state.start()  # the engine's threads: the model, registered pools, the startup pool
+    await asyncio.to_thread(state.start)  # reads the startup pool (a bad file fails here); threads do the rest
     tasks: list[asyncio.Task[None]] = []
     if state.redis is not None:
         tasks.append(asyncio.create_task(_watch_redis(state), name="near-watch-redis"))
