@@ -103,7 +103,7 @@ serve: $(SERVER_STAMP) redis  ## serve the demo pool on the CPU default at :8000
 	fi; \
 	$(VENV)/bin/near-select serve --candidates $(DEMO)/candidates.jsonl $${redis_url:+--redis-url $$redis_url}
 
-test: setup  ## every test tier (what CI runs)
+test: setup dataflex-venv  ## every test tier (what CI runs; DataFlex's own venv for tests/dataflex)
 	$(PY) -m pytest
 
 test-fast: setup  ## the in-process tier (under a minute)
