@@ -62,7 +62,13 @@ def test_ready_is_503_with_progress_while_loading(service_factory: ServiceFactor
     svc.stop()
     svc.start()  # waits for /ready == 200
     body = httpx.get(f"{svc.url}/ready").json()
-    assert body == {"status": "ready", "progress": {"done": 40, "total": 40}, "redis": "disabled", "message": None}
+    assert body == {
+        "status": "ready",
+        "progress": {"done": 40, "total": 40},
+        "redis": "disabled",
+        "message": None,
+        "pool": "default",
+    }
 
 
 def test_serve_command_serves(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ proxy and host resolver; the page is also set offline through the DevTools proto
 test speaks over ``--remote-debugging-pipe`` (no port, no extra package). Skipped with the reason
 where Chromium is not installed (``make setup`` installs it, best effort).
 
-The demo run's screenshot is ``docs/report.png`` in the README: ``NEAR_UPDATE_SCREENSHOT=1 pytest
+The demo run's screenshot is ``docs/report.png`` in the README: ``UPDATE_REPORT_SCREENSHOT=1 pytest
 tests/service/test_report_browser.py`` writes it again.
 """
 
@@ -274,5 +274,5 @@ def test_demo_run_report(browser: Chromium, tmp_path: Path) -> None:
     assert main(args) == 0
     shot = tmp_path / "report.png"
     check_page(open_page(browser, out / "report.html", shot), RUN_HEADINGS, shot)
-    if os.environ.get("NEAR_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("UPDATE_REPORT_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "report.png")

@@ -378,13 +378,16 @@ class Embedder:
         on_progress: Callable[[int, int], None] | None = None,
         count_tokens: bool = False,
         run: Runner | None = None,
+        batch_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed ``texts`` (float32, L2-normalised rows), reading and filling ``stores`` as it goes.
 
         ``count_tokens`` also counts every text's tokens into ``stats.input_tokens`` (what the
         OpenAI-compatible route reports), tokenizing each text once. ``run`` runs each model call
         (tokenizing a slice, encoding one batch) where its owner wants it, e.g. on the service's
-        model thread behind waiting queries; without it, calls run here.
+        model thread behind waiting queries; without it, calls run here. ``batch_tokens``: this
+        call's token budget per batch (default: the backend's), e.g. smaller batches for pool work
+        that queries must not wait long behind.
         """
         stats = stats if stats is not None else EmbedStats()
         prepared = self.prepare(texts, kind)
@@ -430,7 +433,9 @@ class Embedder:
             stats.input_tokens += int(sum(by_unique[i] for i in inverse))
             lengths = [by_unique[i] for i in missing]
         if missing:
-            self._embed_missing(unique, keys, missing, vectors, stores, progress, stats, on_progress, lengths, run)
+            self._embed_missing(
+                unique, keys, missing, vectors, stores, progress, stats, on_progress, lengths, run, batch_tokens
+            )
         if not unique:
             return np.zeros((0, self.load().dim), dtype=np.float32)
         mat = np.stack(vectors)  # type: ignore[arg-type]
@@ -448,6 +453,7 @@ class Embedder:
         on_progress: Callable[[int, int], None] | None,
         lengths: list[int] | None = None,
         run: Runner | None = None,
+        batch_tokens: int | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -471,7 +477,8 @@ class Embedder:
         pending: list[tuple[str, bytes]] = []
         done = 0
         try:
-            for batch in plan_batches(lengths, backend.batch_tokens, backend.max_batch_texts):
+            budget = min(batch_tokens, backend.batch_tokens) if batch_tokens else backend.batch_tokens
+            for batch in plan_batches(lengths, budget, backend.max_batch_texts):
                 batch_texts = [texts[j] for j in batch]
                 out: np.ndarray = (
                     backend.encode(batch_texts) if run is None else run(partial(backend.encode, batch_texts))

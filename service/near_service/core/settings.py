@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         ge=256,
         description="Token budget per embedding batch (padded length x batch size); texts are sorted by length first.",
     )
+    pool_batch_tokens: int = Field(
+        4096,
+        ge=256,
+        description="Token budget per embedding batch of the pools the service embeds while it serves (the "
+        "startup pool and PUT /pools); queries wait behind at most one such batch (capped by batch_tokens).",
+    )
     vllm_gpu_memory_utilization: float | None = Field(
         None,
         gt=0,

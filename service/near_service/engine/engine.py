@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from near_schema import DEFAULT_POOL, PoolSource, fingerprint
+from near_service.core.density import StatsStopped
 from near_service.core.embedder import Embedder, EmbeddingStopped, EmbeddingStore, EmbedStats
 from near_service.core.errors import (
     InputError,
@@ -505,6 +506,9 @@ class Engine:
                 on_progress=on_progress,
                 should_stop=entry.cancel.is_set,
             )
+        except StatsStopped:
+            log.info("pool %r: density statistics stopped (the pool was deleted or replaced)", entry.name)
+            return
         except Exception as exc:
             if entry.cancel.is_set():
                 return

@@ -10,7 +10,6 @@ offline. :func:`open_pool_stats` adds the density statistics (read from the cach
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from near_service.core.density import compute_pool_stats
 from near_service.core.embedder import Embedder, EmbeddingStore, EmbedStats, Runner
 from near_service.core.pool import Pool
-from near_service.core.settings import DENSITY_STATS_CPU_ROWS, Settings
+from near_service.core.settings import Settings
 from near_service.stores.pool_stats import load_pool_stats, save_pool_stats, stats_path
 from near_service.stores.vector_files import stored_pool_vectors
 from near_service.stores.vectors import PoolVectorStore
@@ -66,7 +65,14 @@ def open_pool(
         vectors = store.load(embedder.namespace, fingerprint, len(texts), embedder.load().dim) if store else None
     if vectors is None:
         vectors = embedder.embed(
-            texts, "document", stores, progress=progress, stats=stats, on_progress=on_progress, run=run
+            texts,
+            "document",
+            stores,
+            progress=progress,
+            stats=stats,
+            on_progress=on_progress,
+            run=run,
+            batch_tokens=s.pool_batch_tokens if run is not None else None,
         )
         _store_vectors(s, embedder, fingerprint, vectors, must_store)
     return Pool.from_vectors(texts, vectors, embedder, s.index, s.ivf_nprobe, s.hnsw_m, fingerprint)
@@ -88,17 +94,9 @@ def stats_device(pool: Pool) -> str:
 
 
 def stats_wanted(setting: str, pool: Pool) -> bool:
-    """Whether the statistics are computed for ``pool`` under the ``density_stats`` setting."""
-    if setting == "off":
-        return False
-    if setting == "load" or stats_device(pool) == "cuda":
-        return True
-    return _has_approx() or pool.size <= DENSITY_STATS_CPU_ROWS
-
-
-def _has_approx() -> bool:
-    """Whether core.density can estimate the statistics for any pool size (its ``method`` argument)."""
-    return "method" in inspect.signature(compute_pool_stats).parameters
+    """Whether the statistics are computed for ``pool`` under the ``density_stats`` setting: always
+    but with ``off`` (auto picks exact or approximate by size: ``core.density.resolve_method``)."""
+    return setting != "off"  # auto and load: every size (large pools on CPU get the approximate method)
 
 
 def open_pool_stats(
@@ -115,22 +113,16 @@ def open_pool_stats(
     setting wants them and ``compute``; and whether they were computed. ``(None, False)`` when not."""
     path = stats_path(settings.cache_dir, embedder.namespace, pool.fingerprint) if settings.cache_dir else None
     if path is not None:
-        stored = load_pool_stats(path, embedder.namespace, pool.fingerprint, pool.size)
+        stored = load_pool_stats(path, embedder.namespace, pool.fingerprint, pool.size, settings.density_method)
         if stored is not None:
             log.info("pool density statistics read from the cache (%s)", path)
             return stored, False
     if not compute or not stats_wanted(setting or settings.density_stats, pool):
         return None, False
-    kwargs: dict[str, Any] = {}
-    params = inspect.signature(compute_pool_stats).parameters
-    if "on_progress" in params:
-        kwargs["on_progress"] = on_progress
-    if "should_stop" in params:
-        kwargs["should_stop"] = should_stop
-    if "method" in params and getattr(settings, "density_method", None) is not None:
-        kwargs["method"] = settings.density_method  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    stats = compute_pool_stats(pool.vectors, stats_device(pool), **kwargs)
+    stats = compute_pool_stats(
+        pool.vectors, stats_device(pool), settings.density_method, on_progress=on_progress, should_stop=should_stop
+    )
     log.info("pool density statistics computed in %.2fs", time.perf_counter() - t0)
     if path is not None:
         try:
