@@ -37,10 +37,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .queries import QueryFn
 from .sampler import SelectionSampler
 
-__all__ = ["STATE_FILE", "NearSelectionCallback"]
+__all__ = ["REPORT_FILE", "STATE_FILE", "NearSelectionCallback"]
 
 log = logging.getLogger("near_client.callback")
 STATE_FILE = "near_selection.json"
+REPORT_FILE = "near_report.html"
+_SOURCE_FIELDS = ("source", "dataset", "task")
 
 
 class NearSelectionCallback(TrainerCallback):
@@ -83,6 +85,10 @@ class NearSelectionCallback(TrainerCallback):
         pool_texts: the pool's rendered texts, in order; when given, the service's pool
             fingerprint must match them (otherwise only the size is checked).
         strict: raise when the service fails instead of keeping the current selection.
+        report: at the end of training, write the run's report (``GET /runs/{run_id}/report``, one
+            self-contained HTML page) to ``<output_dir>/near_report.html``. Every round's log line
+            gives its overlap with the earlier rounds and its top 3 sources (the rows' ``source``,
+            ``dataset`` or ``task`` field, where the dataset has one).
         use_ledger: send ``run_id``/``round`` (turned off, with a warning, when the service has no Redis).
 
     Failures: a service that is down, restarting, overloaded or answering 5xx never stops training
@@ -118,6 +124,7 @@ class NearSelectionCallback(TrainerCallback):
         register: bool = False,
         template: str = "default",
         wait_timeout: float = 3600.0,
+        report: bool = False,
     ) -> None:
         if warmup_step < 0 or update_step < 1 or update_times < 0 or max_k < 1:
             raise ValueError("need warmup_step >= 0, update_step >= 1, update_times >= 0, max_k >= 1")
@@ -132,6 +139,7 @@ class NearSelectionCallback(TrainerCallback):
         self.pool_fingerprint = fingerprint(self.pool_texts) if self.pool_texts is not None else None
         self.pool_name, self.register, self.template, self.wait_timeout = pool, register, template, wait_timeout
         self._dataset: Any = None
+        self.report = report
         self.next_round = 0
         self.sampler: SelectionSampler | None = None
         self._pool: PoolInfo | None = None  # the service's pool, once checked
@@ -271,12 +279,43 @@ class NearSelectionCallback(TrainerCallback):
         start = self.sampler.switch(payload, r, start=start, step=state.global_step)
         self.next_round = r + 1
         log.info(
-            "NEAR round %d at step %d: %d samples selected, from stream position %d",
+            "NEAR round %d at step %d: %d samples selected, from stream position %d; %s",
             r,
             state.global_step,
             len(payload),
             start,
+            self._summary(payload),
         )
+
+    def _summary(self, chosen: Sequence[int]) -> str:
+        """Overlap with the earlier rounds and the top 3 sources of a round (the report's numbers)."""
+        earlier = [set(h["indices"]) for h in self.history[:-1]]
+        seen = set().union(*earlier) if earlier else set()
+        picked = set(chosen)
+        overlap = len(picked & seen)
+        jaccard = overlap / len(picked | seen) if picked | seen else 0.0
+        parts = [f"overlap with earlier rounds {overlap} (Jaccard {jaccard:.2f})"]
+        sources = _sources(self._dataset, chosen)
+        if sources:
+            top = sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            parts.append("top sources " + ", ".join(f"{k} {v / len(chosen):.0%}" for k, v in top))
+        return "; ".join(parts)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not self.report or _rank() != 0 or not self.history or not self.use_ledger:
+            return
+        path = os.path.join(args.output_dir or ".", REPORT_FILE)
+        try:
+            html = self.client.run_report(self._run_id)
+        except NearClientError as exc:
+            log.warning("could not fetch the run's report from the service (%s); %s not written", exc, path)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(html)
+        log.info("NEAR report of run %s written to %s", self._run_id, path)
 
     def _select(self, r: int, model: Any, state: TrainerState) -> list[int]:
         queries = list(self.queries(model, state) if callable(self.queries) else self.queries)
@@ -419,6 +458,24 @@ class NearSelectionCallback(TrainerCallback):
             payload["error"],
         )
         return None
+
+
+def _sources(dataset: Any, chosen: Sequence[int]) -> dict[str, int]:
+    """How many of ``chosen`` come from each source (the rows' source/dataset/task field); {} if none."""
+    if dataset is None or not len(chosen):
+        return {}
+    try:
+        first = dataset[int(chosen[0])]
+        field = next((f for f in _SOURCE_FIELDS if isinstance(first, dict) and f in first), None)
+        if field is None:
+            return {}
+        counts: dict[str, int] = {}
+        for i in chosen:
+            key = str(dataset[int(i)].get(field))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+    except Exception:  # a dataset that cannot be read row by row here: no sources in the log
+        return {}
 
 
 def _render_dataset(dataset: Any, template: str) -> list[str]:

@@ -382,6 +382,14 @@ class NearClient(_Base):
         """``GET /runs/{run_id}``: the rounds the ledger stored for a training run."""
         return _parse(RunInfo, self._request("GET", f"/runs/{quote(run_id, safe='')}"))
 
+    def run_report(self, run_id: str) -> str:
+        """``GET /runs/{run_id}/report``: the run's report, one self-contained HTML page."""
+        return self._request("GET", f"/runs/{quote(run_id, safe='')}/report").text
+
+    def pool_report(self, name: str) -> str:
+        """``GET /pools/{name}/report``: the pool's report, one self-contained HTML page."""
+        return self._request("GET", _pool_path(name) + "/report").text
+
     def embeddings(
         self, input: str | Sequence[str], *, model: str | None = None, dimensions: int | None = None
     ) -> EmbeddingsResponse:

@@ -197,13 +197,19 @@ def test_two_processes_train_on_the_main_process_selection(near: ServiceProcess,
 
 
 def test_register_trains_on_its_own_dataset_with_no_pool_at_the_service(
-    module_service_factory: ServiceFactory, module_redis_server: RedisServer, tmp_path: Path
+    module_service_factory: ServiceFactory,
+    module_redis_server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """register=True: a service started with no pool at all; the callback renders the Trainer's own
     rows (text next to input_ids), registers them as a pool, waits, and trains on indices into
     exactly that dataset. A second run registers nothing new (same fingerprint)."""
     bare = module_service_factory(redis_url=module_redis_server.url)  # no candidates
-    rows = [{**row, "text": text} for row, text in zip(train_dataset(), pool_texts(), strict=True)]
+    rows = [
+        {**row, "text": text, "source": f"topic-{i % 3}"}
+        for i, (row, text) in enumerate(zip(train_dataset(), pool_texts(), strict=True))
+    ]
 
     class Rows:  # what the collator sees: ids only; what the callback renders: the text beside them
         def __len__(self) -> int:
@@ -214,11 +220,16 @@ def test_register_trains_on_its_own_dataset_with_no_pool_at_the_service(
 
     class IdsOnly(Rows):
         def __getitem__(self, i: int) -> dict[str, Any]:
-            return {k: v for k, v in rows[i].items() if k != "text"}
+            return {k: v for k, v in rows[i].items() if k not in ("text", "source")}
 
-    callback, rec, trainer = run(
-        bare.url, tmp_path / "out", dataset=Rows(), register=True, pool="cb-train", run_id="register-1"
-    )
+    with caplog.at_level(logging.INFO, logger="near_client"):
+        callback, rec, trainer = run(
+            bare.url, tmp_path / "out", dataset=Rows(), register=True, pool="cb-train", run_id="register-1", report=True
+        )
+    summaries = [r.getMessage() for r in caplog.records if "NEAR round" in r.getMessage()]
+    assert len(summaries) == 3 and all("overlap with earlier rounds" in m and "topic-" in m for m in summaries)
+    report = (tmp_path / "out" / "near_report.html").read_text()
+    assert report.startswith("<!DOCTYPE html>") and "register-1" in report
     assert trainer.state.global_step == STEPS and len(callback.history) == 3
     with NearClient(bare.url) as client:
         status = client.pool("cb-train")
