@@ -8,6 +8,8 @@ Tiers (pytest markers, registered in pyproject.toml; run one with ``pytest -m in
 * ``e2e``: a real uvicorn subprocess with the real packaged model (and a real Redis where the test
   needs one): what only real HTTP, real processes and the real model can show.
 * ``slow``: long runs (vLLM on CPU, Trainer runs); ``-m "not slow"`` leaves them out.
+* ``dataflex``: the trainings of issue 18 (real DataFlex runs in .venv-dataflex, the callback under
+  TRL); each prints its time through the ``report`` fixture.
 
 A test that uses the ``inprocess`` fixtures is marked ``inprocess`` and one that starts a real
 service (``service_factory``, ``module_service_factory``) is marked ``e2e`` here, at collection, so
@@ -20,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -311,3 +313,18 @@ def inprocess(tmp_path: Path) -> Iterator[InProcessFactory]:
 def module_inprocess(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessFactory]:
     """Like ``inprocess``, but its services live for the whole test module (build them once)."""
     yield from _inprocess(tmp_path_factory.mktemp("inprocess"))
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print a line on the terminal even while pytest captures output (the runs' times)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        print(line)  # in the test's captured output too
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
+
+    return write

@@ -17,16 +17,17 @@ add the same work to a loaded service. Failures end in the tree of :mod:`near_cl
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
 import logging
 import operator
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -41,6 +42,7 @@ from near_schema import (
     PoolStatus,
     ReadyResponse,
     RunInfo,
+    RunRoundDetail,
     SelectRequest,
     SelectResponse,
     Strategy,
@@ -182,15 +184,24 @@ class _Base:
         template: str,
         replace: bool,
         density_stats: str | None,
-    ) -> tuple[str, dict[str, Any]]:
-        body = PoolRequest(
-            texts=None if texts is None else list(texts),
+    ) -> tuple[str, dict[str, Any] | _Ndjson]:
+        """The request of ``PUT /pools/{name}``: texts go as NDJSON, streamed (never one JSON body:
+        a large pool would be held in memory several times), files as JSON."""
+        body = PoolRequest(  # validates both shapes (non-empty, strings, no lone surrogates)
+            texts=None if texts is None else list(texts),  # the strings are shared, not copied
             files=None if files is None else [str(f) for f in files],
             template=template,
             density_stats=density_stats,  # type: ignore[arg-type]
         )
-        path = _pool_path(name) + ("?replace=true" if replace else "")
-        return path, body.model_dump(mode="json", exclude_none=True)
+        params = {"replace": "true"} if replace else {}
+        if texts is None:
+            path = _pool_path(name) + ("?" + urlencode(params) if params else "")
+            return path, body.model_dump(mode="json", exclude_none=True)
+        if density_stats is not None:
+            params["density_stats"] = density_stats
+        path = _pool_path(name) + ("?" + urlencode(params) if params else "")
+        assert body.texts is not None
+        return path, _Ndjson(body.texts)
 
     @staticmethod
     def _embeddings_body(input: str | Sequence[str], model: str | None, dimensions: int | None) -> dict[str, Any]:
@@ -255,7 +266,10 @@ class NearClient(_Base):
         while True:
             error: NearClientError
             try:
-                response = self._http.request(method, path, json=json)
+                if isinstance(json, _Ndjson):  # a fresh stream for every attempt
+                    response = self._http.request(method, path, content=json.chunks(), headers=json.headers)
+                else:
+                    response = self._http.request(method, path, json=json)
                 if response.status_code not in accept:
                     raise_for_status(response)
                 return response
@@ -382,6 +396,14 @@ class NearClient(_Base):
         """``GET /runs/{run_id}``: the rounds the ledger stored for a training run."""
         return _parse(RunInfo, self._request("GET", f"/runs/{quote(run_id, safe='')}"))
 
+    def run_round(self, run_id: str, round: int) -> RunRoundDetail:
+        """``GET /runs/{run_id}/rounds/{round}``: one stored round and its selection (NotFoundError if not stored).
+
+        >>> near.run_round("exp1", 0).selected[:3]                             # doctest: +SKIP
+        [412, 17, 3301]
+        """
+        return _parse(RunRoundDetail, self._request("GET", _round_path(run_id, round)))
+
     def run_report(self, run_id: str) -> str:
         """``GET /runs/{run_id}/report``: the run's report, one self-contained HTML page."""
         return self._request("GET", f"/runs/{quote(run_id, safe='')}/report").text
@@ -438,7 +460,10 @@ class AsyncNearClient(_Base):
         while True:
             error: NearClientError
             try:
-                response = await self._http.request(method, path, json=json)
+                if isinstance(json, _Ndjson):  # a fresh stream for every attempt
+                    response = await self._http.request(method, path, content=json.achunks(), headers=json.headers)
+                else:
+                    response = await self._http.request(method, path, json=json)
                 if response.status_code not in accept:
                     raise_for_status(response)
                 return response
@@ -542,6 +567,9 @@ class AsyncNearClient(_Base):
     async def runs(self, run_id: str) -> RunInfo:
         return _parse(RunInfo, await self._request("GET", f"/runs/{quote(run_id, safe='')}"))
 
+    async def run_round(self, run_id: str, round: int) -> RunRoundDetail:
+        return _parse(RunRoundDetail, await self._request("GET", _round_path(run_id, round)))
+
     async def embeddings(
         self, input: str | Sequence[str], *, model: str | None = None, dimensions: int | None = None
     ) -> EmbeddingsResponse:
@@ -549,8 +577,41 @@ class AsyncNearClient(_Base):
         return _parse(EmbeddingsResponse, await self._request("POST", "/v1/embeddings", body))
 
 
+@dataclass(frozen=True)
+class _Ndjson:
+    """A pool's texts as an NDJSON body (one JSON string a line), made as it is sent, in chunks."""
+
+    texts: list[str]
+    chunk_bytes: int = 256 * 1024
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/x-ndjson"}
+
+    def chunks(self) -> Iterator[bytes]:
+        lines: list[bytes] = []
+        size = 0
+        for text in self.texts:
+            line = jsonlib.dumps(text, ensure_ascii=False).encode() + b"\n"
+            lines.append(line)
+            size += len(line)
+            if size >= self.chunk_bytes:
+                yield b"".join(lines)
+                lines, size = [], 0
+        if lines:
+            yield b"".join(lines)
+
+    async def achunks(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks():
+            yield chunk
+
+
 def _pool_path(name: str) -> str:
     return f"/pools/{quote(name, safe='')}"
+
+
+def _round_path(run_id: str, round: int) -> str:
+    return f"/runs/{quote(run_id, safe='')}/rounds/{int(round)}"
 
 
 def _pool_done(status: PoolStatus, searchable: bool) -> bool:

@@ -19,9 +19,11 @@ What the selector does at each update (``select(model, step_id, num_samples, ...
    :func:`near_schema.templates.render_records` and register the texts as pool
    ``dataflex-<fingerprint>`` (``PUT /pools``; a second run with the same data registers nothing).
    With ``pool:`` given, the service's pool must have the same rows and fingerprint instead.
-2. On the main process: ``/select`` with ``budget = num_samples``, ``run_id`` and ``round`` (the ledger
-   replays stored rounds, so a resumed run trains on the same selections). A short answer is asked
-   again with a larger ``max_k``.
+2. On the main process: a round the ledger already holds (``GET /runs/{run_id}/rounds/{round}``) is
+   replayed as stored, without computing its queries (``highest_loss`` would differ after a resume);
+   a new round is ``/select`` with ``budget = num_samples``, ``run_id`` and ``round``. A short answer
+   is asked again with a larger ``max_k`` (doubled, up to the pool size and the service's
+   ``NEAR_MAX_K_LIMIT``).
 3. The result is broadcast to every rank (``torch.distributed.broadcast_object_list``), logged, and
    appended to ``<cache_dir>/<run_id>/rounds.rank<N>.jsonl``.
 
@@ -159,8 +161,10 @@ class _NearService:
         self.client = NearClient(service_url, api_key=api_key or os.environ.get("NEAR_API_KEY"), timeout=timeout)
         self._texts: list[str] | None = None
         self._name: str | None = None  # the pool searched, once checked
+        self._fp: str | None = None  # its fingerprint
         self._put = False
         self._pool_rows = 0
+        self._max_k_limit: int | None = None  # the service's NEAR_MAX_K_LIMIT, read from /info when needed
         self._last: list[int] | None = None
         self._stage, self._last_update = 0, 0
         self._hl: Any = None
@@ -196,7 +200,7 @@ class _NearService:
                 expected=(len(self._texts), fp),
                 actual=(status.rows, status.fingerprint),
             )
-        self._name, self._pool_rows = name, status.rows
+        self._name, self._fp, self._pool_rows = name, fp, status.rows
 
     # --- queries ----------------------------------------------------------------------------
     def _query_texts(self, model: Any, tokenizer: Any) -> list[str]:
@@ -216,24 +220,60 @@ class _NearService:
         return _load_query_file(self.queries, self.template)
 
     # --- one update -------------------------------------------------------------------------
-    def _round(self, step_id: int, current: int) -> int:
+    def _round(self, step_id: int, current: int, update_times: int | None = None) -> int:
+        """The round (update number over the run) of DataFlex's update ``current`` (1-based) at ``step_id``.
+
+        ``update_times``: the updates per stage DataFlex passes to ``select``; used where the launcher's
+        schedule (:data:`RUN_ENV`) is absent."""
         warmup, every, times = self.schedule
         if every > 0 and times > 0:  # the launcher told us the schedule: stages repeat every warmup + every * times
             return (step_id // (warmup + every * times)) * times + current - 1
+        if update_times is not None and update_times > 0:
+            times = update_times
         if current <= self._last_update:  # a new stage (schedule unknown: counted in this process)
             self._stage += 1
         self._last_update = current
         return self._stage * max(times, 1) + current - 1
 
+    def _stored(self, budget: int, round_: int) -> tuple[list[int], int] | None:
+        """The ledger's selection for ``round_`` (and its max_k), or None when the round is new.
+
+        A resumed run replays what it trained on, whatever its queries would be now; a stored round
+        that answers another question (budget, strategy, exclusion or pool) stops the run."""
+        if self.run_id is None:
+            return None
+        try:
+            stored = self.client.run_round(self.run_id, round_)
+        except NotFoundError:  # no such run or round (or, for a new run, no default pool to look it up in)
+            return None
+        if (stored.pool.name, stored.pool.fingerprint) != (self._name, self._fp):
+            raise PoolMismatchError(
+                f"near_service: run {self.run_id!r} round {round_} is stored for pool {stored.pool.name!r} "
+                f"(fingerprint {stored.pool.fingerprint}), not this run's pool {self._name!r} (fingerprint "
+                f"{self._fp}): its indices are not into this train set; use a new run_id",
+                expected=(self._name, self._fp),
+                actual=(stored.pool.name, stored.pool.fingerprint),
+            )
+        asked = {"budget": budget, "strategy": self.strategy, "exclude_previous": self.exclude_previous}
+        held = {"budget": stored.budget, "strategy": stored.strategy, "exclude_previous": stored.exclude_previous}
+        selected = list(stored.selected or [])
+        if held != asked or len(selected) != budget or len(set(selected)) != budget:
+            diffs = "; ".join(f"{k}: stored {held[k]!r}, asked {v!r}" for k, v in asked.items() if held[k] != v)
+            raise ValueError(
+                f"near_service: run {self.run_id!r} round {round_} is stored with other parameters "
+                f"({diffs or f'{len(selected)} indices selected'}): it cannot be replayed; "
+                "use a new run_id (or the config the run started with)"
+            )
+        return selected, stored.max_k
+
+    def _limit(self) -> int:
+        """The largest max_k worth asking: the pool's rows, and the service's NEAR_MAX_K_LIMIT where it says."""
+        if self._max_k_limit is None:
+            self._max_k_limit = self.client.info().max_k_limit or 0
+        return min(self._pool_rows, self._max_k_limit) if self._max_k_limit else self._pool_rows
+
     def _ask(self, queries: list[str], budget: int, round_: int) -> tuple[list[int], int, str]:
         k = min(self.max_k, self._pool_rows)
-        if self.run_id is not None:  # a stored round: ask it exactly as it was asked
-            try:
-                stored = {r.round: r for r in self.client.runs(self.run_id).rounds}
-            except NotFoundError:
-                stored = {}
-            if round_ in stored:
-                k = stored[round_].max_k
         while True:
             try:
                 answer = self.client.select(
@@ -247,9 +287,22 @@ class _NearService:
                     pool=self._name,
                 )
             except BadRequestError as exc:
-                if exc.code != "budget_too_large" or k >= self._pool_rows:
+                if exc.code != "budget_too_large":
                     raise
-                k = min(self._pool_rows, 2 * k)
+                cap = self._limit()
+                if k >= cap:
+                    bound = (
+                        f"the service's limit NEAR_MAX_K_LIMIT={self._max_k_limit}"
+                        if cap < self._pool_rows
+                        else f"the pool's {self._pool_rows} rows"
+                    )
+                    raise ValueError(
+                        f"near_service: round {round_} cannot select {budget} distinct rows: even max_k {k} "
+                        f"({bound}) gives too few candidates ({exc.message}). Raise NEAR_MAX_K_LIMIT on the "
+                        "service, give more queries (n_queries, or a larger eval set), or train on fewer "
+                        "samples per update"
+                    ) from exc
+                k = min(cap, 2 * k)
                 log.info("near_service: %s; asking again with max_k %d", exc.message, k)
                 continue
             selected = list(answer.selected or [])
@@ -263,12 +316,17 @@ class _NearService:
             raise ValueError("near_service: DataFlex passed no tokenizer to select(); cannot decode the dataset")
         if num_samples > len(self.dataset):
             raise ValueError(f"near_service: budget {num_samples} is more than the {len(self.dataset)} training rows")
-        round_ = self._round(step_id, int(kwargs.get("current_update_times", 1)))
+        round_ = self._round(step_id, int(kwargs.get("current_update_times", 1)), _int(kwargs.get("update_times")))
+        queries: list[str] | None = None
         try:
             if self._pool_rows == 0:
                 self._register(tokenizer, wait=True)
-            queries = self._query_texts(model, tokenizer)
-            selected, k, source = self._ask(queries, num_samples, round_)
+            stored = self._stored(num_samples, round_)
+            if stored is not None:  # replayed: its queries are not computed (highest_loss costs a forward pass)
+                (selected, k), source = stored, "stored"
+            else:
+                queries = self._query_texts(model, tokenizer)
+                selected, k, source = self._ask(queries, num_samples, round_)
         except (NearClientError, OSError) as exc:
             fatal = isinstance(exc, (PoolMismatchError, OSError)) or (isinstance(exc, APIError) and not retryable(exc))
             if self.strict or fatal:
@@ -327,9 +385,13 @@ class _NearService:
         self._last = list(payload)
         if not self._main:
             rank = dist.get_rank() if dist.is_initialized() else 0
-            round_ = self._round(step_id, int(kwargs.get("current_update_times", 1)))
+            round_ = self._round(step_id, int(kwargs.get("current_update_times", 1)), _int(kwargs.get("update_times")))
             self._log_round(rank, {"round": round_, "step": step_id, "selected": self._last})
         return self._last
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def register() -> type:
@@ -354,13 +416,20 @@ def register() -> type:
 
 
 def run_settings(argv: Sequence[str]) -> dict[str, Any]:
-    """The run id and schedule of ``dataflex-cli train`` arguments (what :data:`RUN_ENV` carries)."""
-    from omegaconf import OmegaConf
+    """The run id and schedule of ``dataflex-cli train`` arguments (what :data:`RUN_ENV` carries).
 
+    The config is read as DataFlex reads it (OmegaConf: the YAML, then ``key=value`` overrides)."""
     cfg: dict[str, Any] = {}
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        from omegaconf import OmegaConf
+
         merged = OmegaConf.merge(OmegaConf.load(Path(argv[0]).absolute()), OmegaConf.from_cli(list(argv[1:])))
         cfg = dict(OmegaConf.to_container(merged))  # type: ignore[arg-type]
+    return _settings_of(cfg)
+
+
+def _settings_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_settings` of a train config already read."""
     out_dir = str(Path(str(cfg.get("output_dir", "."))).resolve())
     component: Any = None
     comp_file = cfg.get("components_cfg_file")

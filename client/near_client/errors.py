@@ -23,7 +23,8 @@ request that is invalid before it is sent)::
     │       ├── ServiceUnavailableError  502, 503, 504  loading, or Redis needed and down
     │       │   ├── PoolNotReadyError    503  the pool is still embedding
     │       │   └── StatsPendingError    503  the pool's density statistics are computing
-    │       └── InsufficientMemoryError  507  the pool does not fit the service's memory
+    │       ├── InsufficientMemoryError  507  the pool does not fit the service's memory
+    │       └── InsufficientStorageError 507  the service's disk is full
     ├── PoolFailedError                  a pool the client waited for failed on the service
     └── PoolMismatchError                the service's pool is not the training dataset
 
@@ -58,6 +59,7 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "InsufficientMemoryError",
+    "InsufficientStorageError",
     "InvalidResponseError",
     "NearClientError",
     "NotFoundError",
@@ -170,6 +172,10 @@ class InsufficientMemoryError(ServerError):
     """507 ``insufficient_memory``: the pool's memory plan does not fit the service (the message says how much)."""
 
 
+class InsufficientStorageError(ServerError):
+    """507 ``insufficient_storage``: the service's disk is full; the pool was not registered."""
+
+
 class PoolFailedError(NearClientError):
     """A pool the client waited for ended in state ``failed`` (the message is the service's reason)."""
 
@@ -198,7 +204,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     502: ServiceUnavailableError,
     503: ServiceUnavailableError,
     504: ServiceUnavailableError,
-    507: InsufficientMemoryError,
+    507: ServerError,  # insufficient_memory or insufficient_storage: the code decides
 }
 
 #: The one table: every error code the service sends (``near_schema.ErrorCode``) -> its class.
@@ -229,6 +235,7 @@ ERROR_CLASSES: dict[str, type[APIError]] = {
     "pool_not_ready": PoolNotReadyError,
     "stats_pending": StatsPendingError,
     "insufficient_memory": InsufficientMemoryError,
+    "insufficient_storage": InsufficientStorageError,
     "internal": ServerError,
 }
 

@@ -47,6 +47,7 @@ ErrorCode = Literal[
     "run_pool_mismatch",
     "too_large",
     "insufficient_memory",
+    "insufficient_storage",
     "overloaded",
     "unavailable",
     "pool_not_ready",
@@ -260,6 +261,9 @@ class InfoResponse(BaseModel):
     pools: list[PoolStatus] = Field(default_factory=list)
     redis: RedisStatus
     memory: MemoryPlanInfo | None = None
+    max_k_limit: int | None = Field(
+        None, description="NEAR_MAX_K_LIMIT: the largest max_k a /select may ask for (null: an older service)."
+    )
 
 
 class Progress(BaseModel):
@@ -293,6 +297,23 @@ class RunInfo(BaseModel):
     run_id: str
     pool: PoolInfo
     rounds: list[RunRound]
+    pool_deleted: bool = Field(False, description="The run's pool is no longer registered (its rounds remain).")
+
+
+class RunRoundDetail(BaseModel):
+    """One stored round of a run, as ``GET /runs/{run_id}/rounds/{round}`` shows it: what was asked
+    and the selection it answered (what a resumed trainer replays without computing its queries)."""
+
+    run_id: str
+    round: int
+    strategy: Strategy
+    max_k: int
+    budget: int | None = None
+    query_count: int | None = None
+    exclude_previous: bool = False
+    created_at: float = Field(description="Unix time the round was first stored.")
+    selected: list[int] | None = Field(description="The round's selected candidates, best first (null: no budget).")
+    pool: PoolInfo
     pool_deleted: bool = Field(False, description="The run's pool is no longer registered (its rounds remain).")
 
 

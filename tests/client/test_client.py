@@ -4,11 +4,13 @@ the API key. The retry logic is tested on a scripted transport in test_client_re
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from near_client import (
+    AsyncNearClient,
     AuthenticationError,
     BadRequestError,
     ConflictError,
@@ -41,6 +43,25 @@ def test_typed_answers_from_the_real_service(near: ServiceProcess) -> None:
         assert [r.round for r in client.runs("client-test").rounds] == [0]
         emb = client.embeddings(["hello", "world"])
         assert isinstance(emb, EmbeddingsResponse) and len(emb.data) == 2
+
+
+def test_run_round_reads_one_stored_round(near: ServiceProcess) -> None:
+    """``run_round`` (and its async twin): a stored round's selection without asking its queries again."""
+    with NearClient(near.url, retry=FAST) as client:
+        asked = client.select(MATH_QUERIES, 6, budget=5, run_id="round/read", round=0)
+        stored = client.run_round("round/read", 0)
+        assert stored.selected == asked.selected and (stored.budget, stored.max_k) == (5, 6)
+        assert stored.query_count == len(MATH_QUERIES) and stored.pool == asked.pool
+        assert client.info().max_k_limit is not None
+        for run_id, rnd in (("round/read", 1), ("never-stored", 0)):
+            with pytest.raises(NotFoundError):
+                client.run_round(run_id, rnd)
+
+    async def read() -> list[int] | None:
+        async with AsyncNearClient(near.url, retry=FAST) as client:
+            return (await client.run_round("round/read", 0)).selected
+
+    assert asyncio.run(read()) == asked.selected
 
 
 def test_real_service_errors_then_a_good_request(near: ServiceProcess) -> None:

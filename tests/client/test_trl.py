@@ -8,6 +8,8 @@ The dataset is pre-tokenized (SFTTrainer then leaves it as it is), and sample ``
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from tests.conftest import ServiceProcess
 
 from .kit import POOL_SIZE, TOPIC_QUERIES, VOCAB, Recorder, check_stream, pool_texts, queries_by_step, tiny_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dataflex]  # dataflex: `pytest -m dataflex` runs it with the DataFlex runs
 trl = pytest.importorskip("trl", reason="TRL is in the train extra: pip install 'near-select[train]'")
 
 BS, GA, WARMUP, EVERY, STEPS = 4, 2, 6, 2, 14
@@ -36,7 +38,7 @@ def word_tokenizer() -> Any:
     )
 
 
-def test_callback_under_trl_sft_trainer(near: ServiceProcess, tmp_path: Path) -> None:
+def test_callback_under_trl_sft_trainer(near: ServiceProcess, tmp_path: Path, report: Callable[[str], None]) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -73,10 +75,12 @@ def test_callback_under_trl_sft_trainer(near: ServiceProcess, tmp_path: Path) ->
         pool_texts=pool_texts(),
     )
     callback.attach(trainer)
+    start = time.monotonic()
     try:
         trainer.train()
     finally:
         client.close()
+        report(f"[trl] callback under SFTTrainer, {STEPS} steps: {time.monotonic() - start:.1f} s")
     assert trainer.state.global_step == STEPS
     assert [(h["round"], h["step"]) for h in callback.history] == [(0, 6), (1, 8), (2, 10)]
     assert len({tuple(sorted(h["indices"])) for h in callback.history}) == 3

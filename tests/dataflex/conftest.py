@@ -4,7 +4,6 @@ model built in that venv, and a real service (packaged MiniLM, real Redis) share
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,18 +47,3 @@ def fx(dataflex_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Fixtu
 def near(module_service_factory: ServiceFactory, module_redis_server: RedisServer, fx: Fixture) -> ServiceProcess:
     """A real service with Redis; its default pool is the train file (near_service registers its own)."""
     return module_service_factory(candidates=[fx.pool_file], redis_url=module_redis_server.url)
-
-
-@pytest.fixture
-def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Print a line on the terminal even while pytest captures output (the runs' times)."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def write(line: str) -> None:
-        print(line)  # in the test's captured output too
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line(line)
-
-    return write

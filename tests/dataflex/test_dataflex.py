@@ -193,6 +193,41 @@ def test_resume_from_checkpoint_trains_on_the_same_rounds(
         assert len([p for p in client.pools() if p.name.startswith("dataflex-")]) == 1
 
 
+def test_resume_with_highest_loss_replays_the_stored_round(
+    fx: Fixture, near: ServiceProcess, tmp_path: Path, report: Callable[[str], None]
+) -> None:
+    """highest_loss queries change after a resume (the model is another one): the stored round is
+    read back from the ledger as it was, never asked again with other queries (that was a 409)."""
+    comps = near_service_components(
+        tmp_path / "components.yaml", near.url, tmp_path / "sel", queries="highest_loss", n_queries=1
+    )
+    over = {"save_strategy": "steps", "save_steps": 3}
+    cfg = write_yaml(tmp_path / "train.yaml", train_config(fx, tmp_path / "out", comps, "near_service", **over))
+    killed = launch(
+        launcher(cfg),
+        tmp_path,
+        report,
+        "f) highest_loss, killed after round 2",
+        kill_when=lambda line: line.startswith("[near_service] rank 0 round 1 "),
+    )
+    assert killed.rc != 0 and [r["round"] for r in rounds_file(tmp_path / "sel")] == [0, 1], killed.log[-6000:]
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    resumed = launch(
+        launcher(cfg, f"resume_from_checkpoint={checkpoint}"), tmp_path, report, "f) highest_loss, resumed"
+    )
+    assert resumed.rc == 0, resumed.log[-6000:]
+    records = rounds_file(tmp_path / "sel")
+    assert [(r["round"], r["source"]) for r in records] == [
+        (0, "computed"),
+        (1, "computed"),
+        (1, "stored"),
+        (2, "computed"),
+    ]
+    assert records[2]["selected"] == records[1]["selected"] and records[2]["queries"] is None
+    assert all(len(set(r["selected"])) == 6 for r in records)
+    check_ledger(near.url, [records[0], records[1], records[3]])
+
+
 def test_a_pool_that_is_not_the_train_set_stops_the_run(
     fx: Fixture, near: ServiceProcess, tmp_path: Path, report: Callable[[str], None]
 ) -> None:

@@ -26,6 +26,7 @@ ROUTES = [
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/runs/x"),
+    ("GET", "/runs/x/rounds/0"),
     ("POST", "/select"),
     ("POST", "/v1/embeddings"),
     ("GET", "/no-such-route"),

@@ -93,3 +93,44 @@ def test_another_pool_does_not_see_the_runs(
     assert first.json()["pool"]["fingerprint"] in r.json()["error"]["message"]
     assert select(other, queries=QUERIES, max_k=5, run_id="run-f", round=0).status_code == 200
     assert svc.client.get("/runs/run-e").json()["pool"]["size"] == 40
+
+
+def test_one_stored_round_is_read_back_without_its_queries(svc: InProcessService) -> None:
+    """``GET /runs/{run_id}/rounds/{round}``: what was asked and the stored selection (what a resumed
+    trainer replays whatever its queries are now); a run id with slashes works too."""
+    for rnd in (0, 1):
+        body = {"queries": QUERIES, "max_k": 12, "budget": 5, "run_id": "run/g", "round": rnd, "exclude_previous": True}
+        assert select(svc, **body).status_code == 200
+    asked = select(svc, queries=QUERIES, max_k=12, budget=5, run_id="run/g", round=1, exclude_previous=True).json()
+    r = svc.client.get("/runs/run/g/rounds/1")
+    assert r.status_code == 200, r.text
+    detail = r.json()
+    assert detail["selected"] == asked["selected"] and len(detail["selected"]) == 5
+    assert {k: detail[k] for k in ("run_id", "round", "strategy", "max_k", "budget", "query_count")} == {
+        "run_id": "run/g",
+        "round": 1,
+        "strategy": "density",
+        "max_k": 12,
+        "budget": 5,
+        "query_count": len(QUERIES),
+    }
+    assert detail["exclude_previous"] is True and detail["pool"] == asked["pool"] and detail["pool_deleted"] is False
+    assert svc.client.get("/runs/run%2Fg/rounds/0").json()["round"] == 0  # the client's quoted form
+    assert svc.client.get("/runs/run/g").status_code == 200  # the listing is still its own route
+
+
+@pytest.mark.parametrize("path", ["/runs/never-ran/rounds/0", "/runs/run-a/rounds/7"])
+def test_unknown_run_or_round_is_404(svc: InProcessService, path: str) -> None:
+    assert select(svc, queries=QUERIES, max_k=8, budget=6, run_id="run-a", round=0).status_code == 200
+    r = svc.client.get(path)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+def test_a_stored_round_needs_the_api_key(inprocess: InProcessFactory, redis_server: RedisServer) -> None:
+    key = "k" * 32
+    svc = inprocess(qa_records(20), redis_url=redis_server.url, api_key=key)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"queries": QUERIES, "max_k": 5, "budget": 3, "run_id": "run-h", "round": 0}
+    assert svc.client.post("/select", json=body, headers=auth).status_code == 200
+    assert svc.client.get("/runs/run-h/rounds/0").status_code == 401
+    assert svc.client.get("/runs/run-h/rounds/0", headers=auth).json()["budget"] == 3

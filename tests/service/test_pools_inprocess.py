@@ -2,9 +2,9 @@
 of issue 17 is one test, each error is the one body ``{"error": {"code", "message"}}`` with a code
 listed in ``near_schema.ERROR_CODES``, and the service still answers after it.
 
-The model is :class:`tests.fakes.FakeEmbedder`; a disk that is full is :class:`FullDiskSave` (a
-fake, named as one). Real uvicorn processes (a client hanging up mid-upload, kill -9 during
-registration, the packaged model) are in test_pools_e2e.py.
+The model is :class:`tests.fakes.FakeEmbedder`; a disk that is full is :class:`FullDiskSave` or
+:class:`tests.fakes.FakeFullDisk` (fakes, named as such). Real uvicorn processes (a client hanging
+up mid-upload, kill -9 during registration, the packaged model) are in test_pools_e2e.py.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from near_client.errors import ERROR_CLASSES
 from near_schema import ERROR_CODES, fingerprint
 from near_service.core import errors as core_errors
 from near_service.core.settings import load_settings
+from near_service.engine import registry as registry_module
 from near_service.server.app import create_app
 from near_service.stores.vectors import PoolVectorStore
 from tests.conftest import InProcessFactory, InProcessService, RedisServer
-from tests.fakes import FakeEmbedder
+from tests.fakes import FakeEmbedder, FakeFullDisk
 
 pytestmark = pytest.mark.inprocess
 
@@ -639,3 +640,96 @@ def test_every_error_code_is_mapped_by_the_client() -> None:
     literal = re.compile(r"""(?:error_body|code\s*[:=])\s*\(?\s*["']([a-z_]+)["']""")
     found = {m for p in root.rglob("*.py") for m in literal.findall(p.read_text(encoding="utf-8"))}
     assert found <= set(ERROR_CODES), found - set(ERROR_CODES)
+
+
+# --- faults the audit of issue 17 added ------------------------------------------------------------
+
+
+def registry_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("room", [0, 6000], ids=["full-at-once", "full-part-way"])
+def test_disk_full_while_registering_a_pools_texts_is_507(
+    inprocess: InProcessFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    svc = inprocess(cache_dir=str(tmp_path / "cache"))
+    good = pool_texts(20, "good")
+    register(svc.client, "good", good)
+    before, embedded = selected(svc.client, "good"), document_embedded(svc.client)
+    on_disk = registry_files(tmp_path / "cache" / "registry")
+    disk = FakeFullDisk(room=room)  # the registry's writes run out of disk after `room` bytes
+    monkeypatch.setattr(registry_module, "open", disk, raising=False)
+    r = svc.client.put("/pools/full", json={"texts": pool_texts(400, "full")})
+    message = assert_error(r, 507, "insufficient_storage", svc.client)
+    assert "No space left on device" in message and "'full'" in message and "NEAR_CACHE_DIR" in message, message
+    r = svc.client.put("/pools/good?replace=true", json={"texts": pool_texts(400, "other")})
+    assert_error(r, 507, "insufficient_storage", svc.client)  # a replacement too: the old pool stays
+    assert disk.refused == 2
+    # nothing half-registered: not listed, no file, nothing embedded; the other pools serve as before
+    assert_error(svc.client.get("/pools/full"), 404, "pool_not_found")
+    assert {p["name"] for p in svc.client.get("/pools").json()["pools"]} == {"default", "good"}
+    assert registry_files(tmp_path / "cache" / "registry") == on_disk
+    assert document_embedded(svc.client) == embedded
+    assert svc.client.get("/pools/good").json()["fingerprint"] == fingerprint(good)
+    assert selected(svc.client, "good") == before
+    monkeypatch.undo()  # room on the disk again: the same PUT registers it
+    r = svc.client.put("/pools/full", json={"texts": pool_texts(400, "full")})
+    assert r.status_code == 202, r.text
+    wait_state(svc.client, "full")
+
+
+@pytest.mark.parametrize("window", ["after-the-lookup", "inside-the-lookup"])
+def test_delete_landing_between_lookup_and_search_is_404(
+    svc: InProcessService, monkeypatch: pytest.MonkeyPatch, window: str
+) -> None:
+    """The DELETE of test_delete_while_select_in_flight, forced into the one window where the request
+    has looked the pool up but holds no reference to its search structure yet."""
+    register(svc.client, "d", pool_texts(30, "d"))
+    engine = svc.state.engine
+    real_searchable, real_get = engine.searchable, engine.get
+    landed: list[str] = []
+
+    def delete_once() -> None:
+        if not landed:
+            landed.append(window)
+            engine.delete_pool("d")  # what DELETE /pools/d runs, on another thread, right now
+
+    def searchable_then_deleted(*args: Any) -> Any:
+        entry = real_searchable(*args)
+        delete_once()
+        return entry
+
+    def get_then_deleted(name: str) -> Any:
+        entry = real_get(name)
+        if name == "d":
+            delete_once()
+        return entry
+
+    if window == "after-the-lookup":
+        monkeypatch.setattr(engine, "searchable", searchable_then_deleted)
+    else:
+        monkeypatch.setattr(engine, "get", get_then_deleted)
+    r = svc.client.post("/select", json={"queries": QUERIES, "max_k": 3, "budget": 2, "pool": "d"})
+    assert landed == [window]
+    assert "PUT /pools/d" in assert_error(r, 404, "pool_not_found", svc.client)
+
+
+def test_replace_landing_between_lookup_and_search_is_503_retry(
+    svc: InProcessService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(svc.client, "r", pool_texts(30, "r"))
+    engine = svc.state.engine
+    real = engine.searchable
+
+    def searchable_then_replaced(*args: Any) -> Any:
+        entry = real(*args)
+        engine.put_pool("r", pool_texts(30, "r2"), replace=True)
+        return entry
+
+    monkeypatch.setattr(engine, "searchable", searchable_then_replaced)
+    r = svc.client.post("/select", json={"queries": QUERIES, "max_k": 3, "pool": "r"})
+    assert "replaced" in assert_error(r, 503, "unavailable") and r.headers["Retry-After"] == "1"
+    monkeypatch.undo()
+    wait_state(svc.client, "r")
+    assert selected(svc.client, "r")["pool"]["fingerprint"] == fingerprint(pool_texts(30, "r2"))

@@ -30,6 +30,8 @@ import pytest
 
 from near_service.cli.main import main
 from near_service.report import build_pool_report, build_run_report, render_html
+from tests.conftest import InProcessFactory, RedisServer
+from tests.service.api_data import qa_records
 from tests.service.test_report import XSS, make_pool, make_round
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,3 +278,28 @@ def test_demo_run_report(browser: Chromium, tmp_path: Path) -> None:
     check_page(open_page(browser, out / "report.html", shot), RUN_HEADINGS, shot)
     if os.environ.get("UPDATE_REPORT_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "report.png")
+
+
+def test_reports_served_by_the_service_open_offline(
+    browser: Chromium, inprocess: InProcessFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """What ``GET /runs/{run_id}/report`` and ``GET /pools/{name}/report`` send, saved and opened."""
+    records = qa_records(40)
+    records[3]["question"] = XSS  # a pool row holding a script: shown as text, never run
+    svc = inprocess(records, redis_url=redis_server.url)
+    queries = [r["question"] for r in records[:3]]
+    for r in (0, 1, 2):
+        body = {"queries": queries, "max_k": 8, "budget": 6, "run_id": "served", "round": r, "exclude_previous": True}
+        assert svc.client.post("/select", json=body).status_code == 200
+    for kind, path, headings in (
+        ("run", "/runs/served/report", RUN_HEADINGS),
+        ("pool", "/pools/default/report", POOL_HEADINGS),
+    ):
+        answer = svc.client.get(path)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+        html = tmp_path / f"{kind}.html"
+        html.write_bytes(answer.content)
+        shot = tmp_path / f"{kind}.png"
+        page = open_page(browser, html, shot)
+        check_page(page, headings, shot)
+        assert page["pwned"] == "undefined"

@@ -51,5 +51,5 @@ def test_a_run_whose_pool_was_deleted_keeps_its_report(inprocess: InProcessFacto
 
 def test_reports_need_the_api_key(inprocess: InProcessFactory, redis_server: RedisServer) -> None:
     svc = inprocess(qa_records(20), redis_url=redis_server.url, api_key="k" * 32)
-    for path in ("/runs/x/report", "/pools/default/report", "/pools/default/report.json"):
+    for path in ("/runs/x/report", "/runs/x/report.json", "/pools/default/report", "/pools/default/report.json"):
         assert svc.client.get(path).status_code == 401

@@ -24,7 +24,8 @@ and the HTTP status the service answers with. The CLI prints ``error: <message>`
     ├── UnavailableError       503  not ready yet, or Redis needed and down (may come with Retry-After)
     │   ├── PoolNotReadyError  503  the pool is queued or embedding (progress in the message)
     │   └── StatsPendingError  503  density/importance while the pool's statistics compute
-    └── InsufficientMemoryError 507 a pool whose memory plan does not fit NEAR_MAX_POOL_MEMORY
+    ├── InsufficientMemoryError 507 a pool whose memory plan does not fit NEAR_MAX_POOL_MEMORY
+    └── InsufficientStorageError 507 the disk is full (or over quota) while a pool is registered
 
 Every ``code`` is one of ``near_schema.ErrorCode``.
 """
@@ -149,4 +150,11 @@ class InsufficientMemoryError(NearError):
     """507: registering the pool would take the pools past NEAR_MAX_POOL_MEMORY."""
 
     code: ErrorCode = "insufficient_memory"
+    status = 507
+
+
+class InsufficientStorageError(NearError):
+    """507: the disk the service keeps its pools on is full (ENOSPC) or over quota (EDQUOT)."""
+
+    code: ErrorCode = "insufficient_storage"
     status = 507

@@ -19,6 +19,7 @@ HTTP routes and the CLI only ask it. It holds:
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from near_service.core.embedder import Embedder, EmbeddingStopped, EmbeddingStor
 from near_service.core.errors import (
     InputError,
     InsufficientMemoryError,
+    InsufficientStorageError,
     LimitError,
     PoolConflictError,
     PoolNotFoundError,
@@ -304,13 +306,27 @@ class Engine:
             )
             entry = self._entry_from(record, list(texts))
             self._make_room(entry, exclude=old)
-            self.registry.save(record, entry.texts or [])
+            self._save(record, entry.texts or [])
             if old is not None:
                 self._drop(old, keep_file_of=fp)
             self.pools[name] = entry
         self._loads.put(entry)
         log.info("pool %r registered: %d rows (%s), queued", name, entry.rows, fp)
         return entry, True
+
+    def _save(self, record: PoolRecord, texts: list[str]) -> None:
+        """Write the pool to the registry; a full disk is 507 with nothing registered (the registry
+        removes what it wrote, and an old pool of the name keeps serving)."""
+        try:
+            self.registry.save(record, texts)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("pool %r not registered: the registry could not be written (%s)", record.name, exc)
+            raise InsufficientStorageError(
+                f"pool {record.name!r} was not registered: writing its {record.rows:,} texts to the pool registry "
+                f"under NEAR_CACHE_DIR failed ({exc.strerror or exc}); free disk space and PUT it again"
+            ) from None
 
     def _make_room(self, entry: PoolEntry, exclude: PoolEntry | None = None) -> None:
         """Evict idle pools (least recently used first) until ``entry`` fits; 507 if it cannot."""
@@ -476,8 +492,8 @@ class Engine:
     def _refusal(self, entry: PoolEntry, pool: Any) -> str:
         why = "density_stats=off" if entry.density_stats == "off" else f"{pool.size:,} rows on CPU"
         return (
-            f"strategies density and importance need pool {entry.name!r}'s density statistics, which this service "
-            f"did not compute ({why}); ask strategy round_robin or max_score, or register the pool with "
+            f"strategies density and importance need the density statistics of pool {entry.name!r}, which this "
+            f"service did not compute ({why}); ask strategy round_robin or max_score, or register the pool with "
             '"density_stats": "load" (or set NEAR_DENSITY_STATS=load)'
         )
 
@@ -543,9 +559,13 @@ class Engine:
         """The entry of a pool a request may search now (reloading an evicted one: blocking), or the
         error that says why not: 404 unknown, 503 with progress while queued or embedding, 503
         ``stats_pending`` for density/importance while the statistics compute."""
-        entry = self.get(name or DEFAULT_POOL)
-        if entry.state == "evicted":
-            self._reload(entry)
+        for _ in range(3):
+            entry = self.get(name or DEFAULT_POOL)
+            if entry.state == "evicted":
+                self._reload(entry)
+            if entry.searchable or self.pools.get(entry.name) is entry:
+                break
+            # deleted (or replaced) while we looked: look again, which is 404 if it was deleted
         if entry.state == "failed":
             raise UnavailableError(f"pool {entry.name!r} failed: {entry.message}")
         if not entry.searchable:
@@ -559,7 +579,7 @@ class Engine:
         if entry.state == "stats" and budget is not None and strategy in DENSITY_STRATEGIES:
             total = entry.stats_total or entry.rows
             raise StatsPendingError(
-                f"strategy {strategy} needs pool {entry.name!r}'s density statistics, which are being computed "
+                f"strategy {strategy} needs the density statistics of pool {entry.name!r}, which are being computed "
                 f"({entry.stats_state}, {entry.stats_done}/{total} rows); round_robin and max_score answer now",
                 retry_after=5.0,
             )

@@ -99,10 +99,10 @@ class ModelWorker(Executor):
                         pending.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                for _, _, future, _ in pending:
+                for priority, _, future, _ in pending:
                     if future is not None:
                         future.cancel()
-                self.waiting = [0, 0]
+                        self.waiting[priority] -= 1  # not reset: the thread may be counting one down now
             self._queue.put((2, next(self._seq), None, None))  # after everything still queued
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()

@@ -122,8 +122,9 @@ class ServiceState:
     def handler(self, entry: PoolEntry) -> SelectHandler:
         """The SelectHandler of a searchable pool (one per loaded Pool object)."""
         pool = entry.pool
-        if pool is None:  # deleted or evicted between the check and here
-            raise UnavailableError(f"pool {entry.name!r} is not loaded; retry", retry_after=1.0)
+        if pool is None:  # deleted, replaced or evicted between Engine.searchable and here
+            self.engine.get(entry.name)  # deleted: 404 pool_not_found, as for any later request
+            raise UnavailableError(f"pool {entry.name!r} was replaced or evicted meanwhile; retry", retry_after=1.0)
         cached = self._handlers.get(entry.name)
         if cached is not None and cached[0] is pool:
             return cached[1]

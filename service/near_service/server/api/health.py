@@ -44,7 +44,7 @@ async def ready(state: StateDep) -> JSONResponse:
 @router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorBody}})
 async def info(state: StateDep) -> InfoResponse:
     """What this service serves: model, backend, device, dtype, dimensions, the default pool, every
-    pool, index (503 until the model is loaded)."""
+    pool, index, the max_k limit (503 until the model is loaded)."""
     engine = state.engine
     engine.require_model()
     d = engine.embedder.describe()
@@ -71,4 +71,5 @@ async def info(state: StateDep) -> InfoResponse:
         pool=pool,
         pools=[e.status(engine.default_name) for e in list(engine.pools.values())],
         memory=MemoryPlanInfo(**dataclasses.asdict(plan)) if plan else None,
+        max_k_limit=state.settings.max_k_limit,
     )

@@ -5,7 +5,7 @@ NEAR_POOL_DIR) or an NDJSON body (``Content-Type: application/x-ndjson``: one JS
 read as it streams in, so a large pool is never held twice). It answers 202 at once (embedding runs
 in the engine's background), 200 when the name already holds the same content (nothing embedded),
 409 when it holds other content (``?replace=true`` replaces it) and 507 when the pool does not fit
-NEAR_MAX_POOL_MEMORY.
+NEAR_MAX_POOL_MEMORY or the disk is full (nothing is registered then).
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (409, "The name holds other content (pool_conflict); PUT with ?replace=true replaces it."),
         (413, "A body over NEAR_MAX_POOL_BODY_BYTES, or more pools than NEAR_MAX_POOLS."),
         (422, "Bad body, texts, template or file paths (invalid_input, invalid_record, invalid_pool_path)."),
-        (507, "The pool's memory plan does not fit NEAR_MAX_POOL_MEMORY, even after evicting idle pools."),
+        (
+            507,
+            "The pool's memory plan does not fit NEAR_MAX_POOL_MEMORY, even after evicting idle pools "
+            "(insufficient_memory), or the disk is full (insufficient_storage).",
+        ),
     ]
 }
 _BODY = {

@@ -24,6 +24,14 @@ from near_service.stores.pool_map import pool_projection
 
 router = APIRouter(tags=["reports"])
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+# The HTML routes' errors are the one JSON error body too (with "model", FastAPI would document them as text/html).
+_HTML_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": "Error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for code in (404, 503)
+}
 
 
 def pool_view(state: ServiceState, entry: PoolEntry) -> PoolView:
@@ -78,7 +86,7 @@ async def run_report_json(state: StateDep, run_id: str = Path(pattern=RUN_ID_PAT
     return JSONResponse(await asyncio.to_thread(run_report, state, run_id))
 
 
-@router.get("/runs/{run_id:path}/report", response_class=HTMLResponse, responses=_ERRORS)
+@router.get("/runs/{run_id:path}/report", response_class=HTMLResponse, responses=_HTML_ERRORS)
 async def run_report_html(state: StateDep, run_id: str = Path(pattern=RUN_ID_PATTERN)) -> HTMLResponse:
     """The run's report as one self-contained HTML page (opens offline, from disk)."""
     report = await asyncio.to_thread(run_report, state, run_id)
@@ -91,7 +99,7 @@ async def pool_report_json(state: StateDep, name: str = Path(pattern=POOL_NAME_P
     return JSONResponse(await asyncio.to_thread(pool_report, state, name))
 
 
-@router.get("/pools/{name}/report", response_class=HTMLResponse, responses=_ERRORS)
+@router.get("/pools/{name}/report", response_class=HTMLResponse, responses=_HTML_ERRORS)
 async def pool_report_html(state: StateDep, name: str = Path(pattern=POOL_NAME_PATTERN)) -> HTMLResponse:
     """The pool's report as one self-contained HTML page."""
     report = await asyncio.to_thread(pool_report, state, name)

@@ -1,4 +1,5 @@
-"""``GET /runs/{run_id}``: the rounds the ledger holds for a training run, and the pool it belongs to."""
+"""``GET /runs/{run_id}``: the rounds the ledger holds for a training run, and the pool it belongs to;
+``GET /runs/{run_id}/rounds/{round}``: one stored round with its selection."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, Path
 
-from near_schema import DEFAULT_POOL, RUN_ID_PATTERN, ErrorBody, PoolInfo, RunInfo, RunRound
+from near_schema import DEFAULT_POOL, RUN_ID_PATTERN, ErrorBody, PoolInfo, RunInfo, RunRound, RunRoundDetail
 from near_service.core.errors import NotFoundError, UnavailableError
 from near_service.server.api.deps import StateDep
 from near_service.server.state import ServiceState
@@ -44,6 +45,43 @@ def run_ledger(state: ServiceState, run_id: str) -> tuple[Ledger, PoolInfo, bool
     rows = entry.rows if entry is not None else 0
     info = PoolInfo(size=rows, fingerprint=bound["fingerprint"], model=model, name=bound["pool"])
     return state.redis.ledger(bound["ledger_scope"]), info, gone
+
+
+@router.get(
+    "/runs/{run_id:path}/rounds/{round}",
+    response_model=RunRoundDetail,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def get_run_round(
+    state: StateDep,
+    run_id: str = Path(pattern=RUN_ID_PATTERN),
+    round: int = Path(ge=0, le=100_000),
+) -> RunRoundDetail:
+    """One stored round: what was asked (strategy, max_k, budget, query count) and its selection,
+    read without asking the queries again (404 if the run or the round is not stored; 409
+    ``ledger_damaged`` if its entry cannot be read back). A resumed trainer replays it from here."""
+
+    def read() -> RunRoundDetail:
+        ledger, info, gone = run_ledger(state, run_id)
+        stored = ledger.get(run_id, round)
+        if stored is None:
+            raise NotFoundError(f"run {run_id!r} has no round {round} in the ledger for this pool and model")
+        p, selected = stored.params, stored.result.selected
+        return RunRoundDetail(
+            run_id=run_id,
+            round=round,
+            strategy=p["strategy"],
+            max_k=p["max_k"],
+            budget=p.get("budget"),
+            query_count=p.get("query_count"),
+            exclude_previous=bool(p.get("exclude_previous", False)),
+            created_at=stored.created_at,
+            selected=None if selected is None else [int(i) for i in selected],
+            pool=info,
+            pool_deleted=gone,
+        )
+
+    return await asyncio.to_thread(read)
 
 
 @router.get(
