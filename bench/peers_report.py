@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+COS_GOAL = 0.9999  # bench/peers.py's: within this cosine of sentence-transformers counts as the same vectors
+
 
 def _ratio(x: float | None, ref: float | None) -> str:
     return f"{x / ref:.2f}x" if x and ref else "-"
@@ -34,13 +36,16 @@ def _embed_rows(r: dict[str, Any]) -> list[str]:
         if "error" in c:
             lines.append(f"| {c['how']} | {c['dtype']} | - | - | - | - | - | - | **not measured: {c['error']}** |")
             continue
+        how = f"{c['how']}: {c['note']}" if c.get("note") else c["how"]
         t = tps(name)
         assert t is not None
         server = name not in ("st", "ours")
+        below = c.get("below_goal", 0)
+        cos = f"{c.get('min_cos', float('nan')):.6f}" + (f" ({below} of {n} below {COS_GOAL})" if below else "")
         lines.append(
-            f"| {c['how']} | {c['dtype']} | {c['load_s']:.0f} | {n / c['seconds']:,.1f} | {t:,.0f} | "
+            f"| {how} | {c['dtype']} | {c['load_s']:.0f} | {n / c['seconds']:,.1f} | {t:,.0f} | "
             f"{_ratio(t, ours)} | {_ratio(t, ours_http) if server else '-'} | "
-            f"{f'{t / limit_tps:.0%}' if limit_tps else '-'} | {c.get('min_cos', float('nan')):.6f} |"
+            f"{f'{t / limit_tps:.0%}' if limit_tps else '-'} | {cos} |"
         )
     if limit_tps:
         lines.append(
@@ -66,12 +71,14 @@ def render(r: dict[str, Any]) -> str:
     if "embed" in r:
         lines += [
             f"**Embedding throughput**: {s['texts']} texts sampled (seed 0) from the GSM8K mix pool "
-            f"({s['pool']} texts), {s['tokens']:,} tokens (truncated at 256), "
+            f"({s['pool']} texts), {s['tokens']:,} tokens (truncated at 256: {s.get('truncated', '?')} texts), "
             f"{s['flops'] / s['texts'] / 1e9:.2f} GFLOP per text. In-process columns: a fresh process, model loaded "
             f"and warmed first, the embedding timed. Servers: ready first (start = spawn to ready), then "
             f"{a['concurrency']} client threads posting {a['per_request']} texts a request. GEMM limit: the best "
             "torch matmul FLOP/s here (square and the model's own shapes) over the model's FLOPs per token of the "
-            "sample (its linear layers and attention, no padding).",
+            "sample (its linear layers and attention, no padding). Ratios: the column's tokens/s over ours, "
+            f"below 1 means ours is faster. Cosine: each text's vector against sentence-transformers' "
+            f"(goal >= {COS_GOAL}).",
             "",
             *_embed_rows(r),
             "",
@@ -95,6 +102,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append("")
     if "e2e" in r:
         e = r["e2e"]
+        ks = [str(k) for k in e.get("ks", [100, 1000])]
         lines += [
             f"**End to end**: the pool as one alpaca JSON ({e['pool']} rows), {e['queries']} GSM8K test questions "
             f"(alpaca JSON), max_K {e['max_k']}; fresh processes, wall time from spawn to exit. DataFlex: "
@@ -102,18 +110,23 @@ def render(r: dict[str, Any]) -> str:
             "(`embed_method='auto'`, batch 32, IVFFlat nprobe 10). Ours: `near-select offline --template dataflex` "
             "(the same strings), empty cache. Exact = brute force over fp32 embeddings of the same texts.",
             "",
-            "| run | embedding dtype | wall (s) | ours is faster by | recall@100 | recall@1000 |",
-            "|---|---|---|---|---|---|",
+            f"| run | embedding dtype | wall (s) | ours is faster by | {' | '.join(f'recall@{k}' for k in ks)} |",
+            "|---|---|---|---|" + "---|" * len(ks),
             f"| `near-select offline` | {e['ours_dtype']} | {e['ours_s']:.1f} | 1.00x | "
-            f"{e['ours_recall']['100']:.4f} | {e['ours_recall']['1000']:.4f} |",
+            + " | ".join(f"{e['ours_recall'][k]:.4f}" for k in ks)
+            + " |",
         ]
         if "dataflex_error" in e:
-            lines.append(f"| DataFlex offline NEAR | - | - | - | **not measured: {e['dataflex_error']}** | - |")
+            lines.append(
+                f"| DataFlex offline NEAR | - | - | - | **not measured: {e['dataflex_error']}** |"
+                + " - |" * (len(ks) - 1)
+            )
         else:
             lines.append(
                 f"| DataFlex offline NEAR ({e['dataflex_backend']}) | float32 | {e['dataflex_s']:.1f} | "
-                f"{e['dataflex_s'] / e['ours_s']:.2f}x | {e['dataflex_recall']['100']:.4f} | "
-                f"{e['dataflex_recall']['1000']:.4f} |"
+                f"{e['dataflex_s'] / e['ours_s']:.2f}x | "
+                + " | ".join(f"{e['dataflex_recall'][k]:.4f}" for k in ks)
+                + " |"
             )
     return "\n".join(lines)
 
