@@ -138,6 +138,18 @@ class Run:
     seconds: float
 
 
+def run_env(cwd: Path) -> dict[str, str]:
+    """The environment of a DataFlex run: ours less NEAR_* and venv/Python settings, offline."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NEAR_", "VIRTUAL_ENV", "PYTHON"))},
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(cwd / "hf"),
+    }
+
+
 def launch(
     args: list[str],
     cwd: Path,
@@ -151,17 +163,7 @@ def launch(
     process group at the first line it accepts. Prints the run's time through ``report``."""
     import signal
 
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NEAR_", "VIRTUAL_ENV", "PYTHON"))},
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "DISABLE_VERSION_CHECK": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        "HF_HOME": str(cwd / "hf"),
-        **(env or {}),
-    }
+    full_env = {**run_env(cwd), "DISABLE_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.monotonic()
     proc = subprocess.Popen(
         [str(DATAFLEX_PY), *args],

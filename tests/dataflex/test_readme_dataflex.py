@@ -9,7 +9,6 @@ is left in the checkout.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from tests.conftest import RedisServer, ServiceProcess
 
-from .kit import DATAFLEX_VENV, ROOT, dataflex_updates, round_lines
+from .kit import DATAFLEX_VENV, ROOT, dataflex_updates, round_lines, run_env
 
 pytestmark = [pytest.mark.dataflex, pytest.mark.slow]
 
@@ -68,14 +67,7 @@ def demo_service(dataflex_python: Path, redis_server: RedisServer, tmp_path: Pat
 
 
 def run_block(block: str, cwd: Path, report: Callable[[str], None], name: str) -> str:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NEAR_", "VIRTUAL_ENV", "PYTHON"))},
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(cwd / "hf"),
-    }
+    env = run_env(cwd)
     start = time.monotonic()
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block],
