@@ -231,6 +231,20 @@ class VLLMBackend:
         log.info("closed the vLLM engine in %.1fs", time.perf_counter() - t0)
 
 
+#: Token budget per batch when none is set: on a CPU, batches whose activations stay in cache are
+#: faster (bench:peers); a GPU wants large ones.
+CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS = 4096, 16384
+
+
+def default_batch_tokens(device: str) -> int:
+    """The token budget per batch on ``device`` when ``NEAR_BATCH_TOKENS`` is not set.
+
+    >>> default_batch_tokens("cpu"), default_batch_tokens("cuda:0")
+    (4096, 16384)
+    """
+    return CUDA_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
+
+
 def plan_batches(lengths: Sequence[int], batch_tokens: int, max_texts: int) -> list[np.ndarray]:
     """Order texts longest first and cut batches whose padded size stays under ``batch_tokens``."""
     arr = np.asarray(lengths, dtype=np.int64)
@@ -267,11 +281,12 @@ class Embedder:
         dtype: str,
         max_length: int,
         query_prompt: str,
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         vllm_gpu_memory_utilization: float | None = None,
     ) -> None:
         self.spec, self.backend_name, self.device, self.dtype = spec, backend, device, dtype
-        self.max_length, self.query_prompt, self.batch_tokens = max_length, query_prompt, batch_tokens
+        self.max_length, self.query_prompt = max_length, query_prompt
+        self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self._vllm_mem = vllm_gpu_memory_utilization
         self._backend: Backend | None = None
         self._stop = threading.Event()

@@ -78,10 +78,11 @@ class Settings(BaseSettings):
         description="Task instruction for queries, sent as 'Instruct: <text>\\nQuery:'. Default: the "
         "model's own query prompt (none for MiniLM). An empty string sends no prompt.",
     )
-    batch_tokens: int = Field(
-        16384,
+    batch_tokens: int | None = Field(
+        None,
         ge=256,
-        description="Token budget per embedding batch (padded length x batch size); texts are sorted by length first.",
+        description="Token budget per embedding batch (padded length x batch size); texts are sorted by length "
+        "first. Default: 4096 on a CPU (batches that stay in cache: 1.3x the texts/s of 16384 here), 16384 on CUDA.",
     )
     pool_batch_tokens: int = Field(
         4096,
