@@ -710,11 +710,21 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds a server may take to be ready")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: gemm,embed,search,e2e")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument(
+        "--keep",
+        default="",
+        help="comma list of phases to take from the last run's out/peers/results.json instead of measuring "
+        "them again (e.g. --keep gemm,embed,e2e after a change to search); the table says which",
+    )
     args = ap.parse_args()
     if not (args.data / "gsm8k" / "train.jsonl").exists():
         raise SystemExit(f"no GSM8K data under {args.data}; pass --data")
     OUT.mkdir(parents=True, exist_ok=True)
-    skip = set(args.skip.split(",")) - {""}
+    keep = set(args.keep.split(",")) - {""}
+    skip = (set(args.skip.split(",")) - {""}) | keep
+    last = json.loads((OUT / "results.json").read_text()) if keep else {}
+    if keep - set(last):
+        raise SystemExit(f"--keep {','.join(sorted(keep - set(last)))}: not in {OUT / 'results.json'}")
     from near_service.core.modelspec import cpu_has_fast_bf16, resolve_model
     from near_service.core.records import load_texts
 
@@ -770,7 +780,11 @@ def main() -> int:
     if "e2e" not in skip:
         r["e2e"] = e2e_phase(args, model, ps["dataflex"])
     phase("done")
-    r["loads"] = dict(LOADS)
+    for name in sorted(keep):  # measured in the last run, at its date
+        r[name] = last[name]
+    if keep:
+        r["kept"] = {"phases": sorted(keep), "from": last.get("date")}
+    r["loads"] = {**(last.get("loads", {}) if keep else {}), **LOADS}
     (OUT / "results.json").write_text(json.dumps(r, indent=1, default=str))
     text = render(json.loads(json.dumps(r, default=str)))
     print(text)

@@ -68,6 +68,12 @@ def render(r: dict[str, Any]) -> str:
         f"Peers: {', '.join(f'{k}: {v}' for k, v in r['peers'].items())}.",
         "",
     ]
+    if r.get("kept"):
+        lines[-1:] = [
+            f"Phases {', '.join(r['kept']['phases'])} are kept from the run of {r['kept']['from']} (`--keep`); "
+            "the others were measured again on the date above. Each phase's columns are measured together.",
+            "",
+        ]
     if "embed" in r:
         lines += [
             f"**Embedding throughput**: {s['texts']} texts sampled (seed 0) from the GSM8K mix pool "

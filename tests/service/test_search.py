@@ -8,6 +8,7 @@ import pytest
 from near_service.core.errors import BudgetError, MaxKError
 from near_service.core.index import VectorIndex, first_occurrence, recall_at_k, torch_topk
 from near_service.core.selection import fill_budget, max_score, round_robin
+from near_service.core.topk import numpy_topk, sort_rows
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
@@ -83,6 +84,28 @@ def test_ties_at_the_cut_go_to_the_lower_index_on_cpu() -> None:
     for k in (1, 7, 39, 40, 41, 119, 199):
         _, got = VectorIndex(pool).search(queries, k)
         np.testing.assert_array_equal(got, brute_force(pool, queries, k))
+
+
+@pytest.mark.parametrize("kind", ["random", "rounded", "duplicates"])
+def test_bounded_selection_equals_the_full_argpartition(kind: str) -> None:
+    """numpy_topk's fast path (only scores at or above each row's k-th best of its first columns are
+    selected among) gives what the full argpartition gives, ties at the cut included."""
+    rng = np.random.default_rng({"random": 1, "rounded": 2, "duplicates": 3}[kind])
+    for _ in range(40):
+        n, d = int(rng.integers(40, 2000)), int(rng.integers(2, 12))
+        k = int(rng.integers(1, min(n // 4, 60) + 1))
+        pool = rng.standard_normal((n, d)).astype(np.float32)
+        queries = rng.standard_normal((int(rng.integers(1, 30)), d)).astype(np.float32)
+        if kind == "rounded":  # many exact ties, at the cut too
+            pool, queries = np.round(pool), np.round(queries)
+        elif kind == "duplicates":
+            pool[rng.integers(0, n, n // 2)] = pool[0]
+        block = int(rng.integers(64, 1 << 16))  # the same blocks on both paths: the same float scores
+        for head in (1, k, 3 * k, 16):
+            fast = sort_rows(*numpy_topk(pool, queries, k, block, bound_head=head))
+            full = sort_rows(*numpy_topk(pool, queries, k, block, bound_head=10**9))
+            np.testing.assert_array_equal(fast[1], full[1])
+            np.testing.assert_array_equal(fast[0], full[0])
 
 
 @pytest.mark.parametrize("block_bytes", [1 << 30, 4 * 3 * 5])  # one block; a block per 3 rows (merges)

@@ -42,11 +42,19 @@ def _ties_to_lower_index(s: np.ndarray, picked: np.ndarray, k: int) -> np.ndarra
 
 
 def numpy_topk(
-    base: np.ndarray, queries: np.ndarray, k: int, max_block_bytes: int = 256 << 20
+    base: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    max_block_bytes: int = 256 << 20,
+    bound_head: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (unsorted within a row) by blocked matmul + argpartition: the CPU flat path.
+    """Exact top-k (unsorted within a row) by blocked matmul + selection: the CPU flat path.
 
-    Ties at the cut go to the lower index (argpartition alone breaks them arbitrarily).
+    Ties at the cut go to the lower index (argpartition alone breaks them arbitrarily). Where the
+    pool is much larger than k, a row's k-th best score in its first columns bounds its true k-th
+    from below, so one vectorised pass keeps only the scores at or above that bound and the
+    selection runs on those few (:func:`_select_above_bound`); a block where that leaves too many
+    (heavy ties) takes the full argpartition instead.
 
     >>> base = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]], dtype=np.float32)
     >>> sorted(numpy_topk(base, np.array([[0, 1]], dtype=np.float32), 2)[1][0].tolist())
@@ -56,15 +64,51 @@ def numpy_topk(
     rows = max(1, min(q, max_block_bytes // max(4 * n, 1)))
     out_s = np.empty((q, k), dtype=np.float32)
     out_i = np.empty((q, k), dtype=np.int64)
+    head = max(4 * k, BOUND_HEAD_ROWS if bound_head is None else bound_head)
     for r0 in range(0, q, rows):
         s = queries[r0 : r0 + rows] @ base.T
-        if k < n:
+        picked = _select_above_bound(s, k, head) if n >= 2 * head else None
+        if picked is not None:
+            i = picked
+        elif k < n:
             i = _ties_to_lower_index(s, np.argpartition(s, n - k, axis=1)[:, n - k :], k)
         else:
             i = np.broadcast_to(np.arange(n), s.shape)
         out_s[r0 : r0 + len(s)] = np.take_along_axis(s, i, 1)
         out_i[r0 : r0 + len(s)] = i
     return out_s, out_i
+
+
+#: Columns whose k-th best score bounds a row's k-th from below (at least 4 k of them).
+BOUND_HEAD_ROWS = 32768
+
+
+def _select_above_bound(s: np.ndarray, k: int, head: int) -> np.ndarray | None:
+    """The exact top-k of each row of ``s`` (ties to the lower index) among the scores at or above
+    the row's k-th best in its first ``head`` columns, or None when those are too many to be cheap.
+
+    Every score of the true top-k is at or above that bound (the k-th best of a part is at most
+    the k-th best of the whole), and so is every score tied with the true k-th: the candidates hold
+    the whole answer, and the ties among them are settled by index as :func:`_ties_to_lower_index` does.
+    """
+    rows, n = s.shape
+    bound = np.partition(s[:, :head], head - k, axis=1)[:, head - k]
+    keep = s >= bound[:, None]
+    counts = keep.sum(axis=1)
+    if int(counts.sum()) > rows * max(16 * k, n // 16):  # heavy ties: the plain path is as cheap
+        return None
+    r_idx, c_idx = np.nonzero(keep)  # row-major: each row's columns ascending
+    vals = s[r_idx, c_idx]
+    out = np.empty((rows, k), dtype=np.int64)
+    ends = np.cumsum(counts)
+    for r in range(rows):
+        lo, hi = int(ends[r] - counts[r]), int(ends[r])
+        v, c = vals[lo:hi], c_idx[lo:hi]
+        kth = np.partition(v, len(v) - k)[len(v) - k]
+        above = c[v > kth]
+        tied = c[v == kth][: k - len(above)]  # ascending: the lowest indices win the cut
+        out[r] = np.concatenate([above, tied])
+    return out
 
 
 def torch_blocks(n: int, q: int, k: int, max_block_bytes: int, elem: int = 4) -> tuple[int, int]:
