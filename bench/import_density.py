@@ -39,7 +39,7 @@ from pool_stats_cost import clustered
 from report import cpu_name, write_section
 from scale import rss
 
-from service import free_port, stop
+from service import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALING = ROOT / "docs" / "scaling.md"
@@ -230,14 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         proc, url = serve(senv, work / "serve-restart.log")
         try:
-            while True:
-                alive(proc, work / "serve-restart.log")
-                try:
-                    if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.25)
+            wait_ready(proc, url, work / "serve-restart.log", timeout=None, poll=0.25)
             res["restart_ready_s"] = time.perf_counter() - t0
             with httpx.Client(timeout=600) as http:
                 res["restart_density"] = select(http, url, "density")[0].status_code

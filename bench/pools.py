@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 from report import cpu_name, write_section
 
-from service import free_port, stop
+from service import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -75,17 +75,8 @@ def start(env: dict[str, str], log: Path, timeout: float = 7200) -> tuple[subpro
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("service not ready in time")
+    wait_ready(proc, url, log, timeout, poll=0.1)
+    return proc, url
 
 
 def searchable_rate(log: Path, name: str) -> tuple[int, float]:

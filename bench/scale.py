@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 from report import cpu_name, write_section
 
-from service import free_port, start_redis, stop
+from service import free_port, start_redis, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -258,15 +258,7 @@ def run_one(n: int, dims: int, work: Path, redis_url: str, queries: list[str], r
     proc = subprocess.Popen([*cli, "serve"], env=senv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(log.read_text()[-3000:])
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_ready(proc, url, log, timeout=None)
         ready_s = time.perf_counter() - t0
         rss_ready, _ = rss(proc.pid)
         text = log.read_text()

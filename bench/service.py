@@ -93,16 +93,25 @@ def start_service(env: dict[str, str], log: Path, timeout: float = 1800) -> tupl
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    wait_ready(proc, url, log, timeout)
+    return proc, url, time.perf_counter() - t0
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float | None = 1800, poll: float = 0.05
+) -> None:
+    """Poll ``/ready`` until it answers 200; RuntimeError (with the log's tail) if the service exits
+    first or is not ready within ``timeout`` seconds (None: wait as long as it runs)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"service exited:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"service exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return proc, url, time.perf_counter() - t0
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
+        time.sleep(poll)
     raise RuntimeError("service not ready in time")
 
 

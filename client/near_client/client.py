@@ -194,13 +194,11 @@ class _Base:
             density_stats=density_stats,  # type: ignore[arg-type]
         )
         params = {"replace": "true"} if replace else {}
-        if texts is None:
-            path = _pool_path(name) + ("?" + urlencode(params) if params else "")
-            return path, body.model_dump(mode="json", exclude_none=True)
-        if density_stats is not None:
+        if body.texts is not None and density_stats is not None:  # an NDJSON body's option goes in the query
             params["density_stats"] = density_stats
         path = _pool_path(name) + ("?" + urlencode(params) if params else "")
-        assert body.texts is not None
+        if body.texts is None:
+            return path, body.model_dump(mode="json", exclude_none=True)
         return path, _Ndjson(body.texts)
 
     @staticmethod

@@ -62,6 +62,35 @@ def check_ledger(url: str, records: list[dict[str, Any]]) -> None:
             assert again.source == "stored" and again.selected == rec["selected"]
 
 
+def kill_and_resume(
+    cfg: Path, out: Path, sel: Path, cwd: Path, report: Callable[[str], None], label: str
+) -> list[dict[str, Any]]:
+    """Run ``cfg`` until its round 1 is logged, SIGKILL it, resume from checkpoint-3 (saved after
+    round 1, before round 2); the resumed run replays round 1 as stored and computes round 2.
+    Returns the run's logged rounds (one run_id: the resumed run kept it)."""
+    killed = launch(
+        launcher(cfg),
+        cwd,
+        report,
+        f"{label} killed after round 2",
+        kill_when=lambda line: line.startswith("[near_service] rank 0 round 1 "),
+    )
+    assert killed.rc != 0 and [r["round"] for r in rounds_file(sel)] == [0, 1], killed.log[-6000:]
+    checkpoint = out / "checkpoint-3"
+    assert checkpoint.is_dir()
+    resumed = launch(launcher(cfg, f"resume_from_checkpoint={checkpoint}"), cwd, report, f"{label} resumed")
+    assert resumed.rc == 0, resumed.log[-6000:]
+    records = rounds_file(sel)
+    assert [(r["round"], r["source"]) for r in records] == [
+        (0, "computed"),
+        (1, "computed"),
+        (1, "stored"),
+        (2, "computed"),
+    ]
+    assert records[2]["selected"] == records[1]["selected"]
+    return records
+
+
 def test_near_service_selector_three_rounds(
     fx: Fixture, near: ServiceProcess, tmp_path: Path, report: Callable[[str], None]
 ) -> None:
@@ -165,29 +194,8 @@ def test_resume_from_checkpoint_trains_on_the_same_rounds(
     assert [r["round"] for r in expected] == [0, 1, 2]
 
     cfg_b, sel_b = setup("killed")
-    killed = launch(
-        launcher(cfg_b),
-        tmp_path,
-        report,
-        "d) killed after round 2",
-        kill_when=lambda line: line.startswith("[near_service] rank 0 round 1 "),
-    )
-    assert killed.rc != 0 and [r["round"] for r in rounds_file(sel_b)] == [0, 1], killed.log[-6000:]
-    checkpoint = tmp_path / "killed" / "out" / "checkpoint-3"  # after round 1, before round 2
-    assert checkpoint.is_dir()
-    resumed = launch(
-        launcher(cfg_b, f"resume_from_checkpoint={checkpoint}"), tmp_path, report, "d) resumed from checkpoint-3"
-    )
-    assert resumed.rc == 0, resumed.log[-6000:]
-    records = rounds_file(sel_b)  # one run_id: the resumed run kept it
-    assert [(r["round"], r["source"]) for r in records] == [
-        (0, "computed"),
-        (1, "computed"),
-        (1, "stored"),
-        (2, "computed"),
-    ]
+    records = kill_and_resume(cfg_b, tmp_path / "killed" / "out", sel_b, tmp_path, report, "d)")
     assert [r["selected"] for r in records if r["source"] == "computed"] == [r["selected"] for r in expected]
-    assert records[2]["selected"] == records[1]["selected"]
     check_ledger(near.url, [records[0], records[1], records[3]])
     with NearClient(near.url) as client:  # every run registered the same train set: one pool
         assert len([p for p in client.pools() if p.name.startswith("dataflex-")]) == 1
@@ -203,27 +211,8 @@ def test_resume_with_highest_loss_replays_the_stored_round(
     )
     over = {"save_strategy": "steps", "save_steps": 3}
     cfg = write_yaml(tmp_path / "train.yaml", train_config(fx, tmp_path / "out", comps, "near_service", **over))
-    killed = launch(
-        launcher(cfg),
-        tmp_path,
-        report,
-        "f) highest_loss, killed after round 2",
-        kill_when=lambda line: line.startswith("[near_service] rank 0 round 1 "),
-    )
-    assert killed.rc != 0 and [r["round"] for r in rounds_file(tmp_path / "sel")] == [0, 1], killed.log[-6000:]
-    checkpoint = tmp_path / "out" / "checkpoint-3"
-    resumed = launch(
-        launcher(cfg, f"resume_from_checkpoint={checkpoint}"), tmp_path, report, "f) highest_loss, resumed"
-    )
-    assert resumed.rc == 0, resumed.log[-6000:]
-    records = rounds_file(tmp_path / "sel")
-    assert [(r["round"], r["source"]) for r in records] == [
-        (0, "computed"),
-        (1, "computed"),
-        (1, "stored"),
-        (2, "computed"),
-    ]
-    assert records[2]["selected"] == records[1]["selected"] and records[2]["queries"] is None
+    records = kill_and_resume(cfg, tmp_path / "out", tmp_path / "sel", tmp_path, report, "f) highest_loss,")
+    assert records[2]["queries"] is None
     assert all(len(set(r["selected"])) == 6 for r in records)
     check_ledger(near.url, [records[0], records[1], records[3]])
 
